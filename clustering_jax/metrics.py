@@ -1,0 +1,79 @@
+"""Clustering metrics: ACC (Hungarian), NMI, ARI, purity, pairwise F-measure.
+
+Imported by the API, experiments and tests only — never by ops/, methods/ or
+train/ — so ground-truth labels cannot reach a loss, a schedule or a stop rule.
+All functions accept any number of predicted clusters (it may differ from the
+number of classes). Values are fractions in [0, 1] (ARI in [-1, 1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn import metrics as skm
+
+
+def _check(y_true, y_pred):
+  y_true = np.asarray(y_true).reshape(-1)
+  y_pred = np.asarray(y_pred).reshape(-1)
+  if y_true.shape != y_pred.shape:
+    raise ValueError(f"label arrays differ in length: {y_true.shape[0]} vs {y_pred.shape[0]}")
+  if y_true.size == 0:
+    raise ValueError("empty label arrays")
+  return y_true, y_pred
+
+
+def contingency(y_true, y_pred) -> np.ndarray:
+  """(n_classes, n_clusters) counts."""
+  y_true, y_pred = _check(y_true, y_pred)
+  _, t = np.unique(y_true, return_inverse=True)
+  _, p = np.unique(y_pred, return_inverse=True)
+  c = np.zeros((t.max() + 1, p.max() + 1), np.int64)
+  np.add.at(c, (t, p), 1)
+  return c
+
+
+def accuracy(y_true, y_pred) -> float:
+  """ACC with the best one-to-one (Hungarian) matching of clusters to classes.
+
+  Unmatched clusters (when there are more clusters than classes) count as errors.
+  """
+  c = contingency(y_true, y_pred)
+  rows, cols = linear_sum_assignment(-c)
+  return float(c[rows, cols].sum() / c.sum())
+
+
+def purity(y_true, y_pred) -> float:
+  """Fraction of samples in their cluster's majority class (many-to-one)."""
+  c = contingency(y_true, y_pred)
+  return float(c.max(axis=0).sum() / c.sum())
+
+
+def nmi(y_true, y_pred) -> float:
+  y_true, y_pred = _check(y_true, y_pred)
+  return float(skm.normalized_mutual_info_score(y_true, y_pred, average_method="arithmetic"))
+
+
+def ari(y_true, y_pred) -> float:
+  y_true, y_pred = _check(y_true, y_pred)
+  return float(skm.adjusted_rand_score(y_true, y_pred))
+
+
+def pairwise_f(y_true, y_pred) -> dict:
+  """Pairwise precision, recall and F-measure over all sample pairs."""
+  c = contingency(y_true, y_pred).astype(np.float64)
+  comb = lambda a: a * (a - 1) / 2.0
+  tp = comb(c).sum()
+  pred_pairs = comb(c.sum(axis=0)).sum()
+  true_pairs = comb(c.sum(axis=1)).sum()
+  precision = tp / pred_pairs if pred_pairs > 0 else 0.0
+  recall = tp / true_pairs if true_pairs > 0 else 0.0
+  f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+  return {"precision": float(precision), "recall": float(recall), "f_measure": float(f)}
+
+
+def score(y_true, y_pred) -> dict:
+  """All metrics as a flat dict: acc, nmi, ari, purity, f_measure, precision, recall."""
+  return {"acc": accuracy(y_true, y_pred), "nmi": nmi(y_true, y_pred),
+          "ari": ari(y_true, y_pred), "purity": purity(y_true, y_pred),
+          **pairwise_f(y_true, y_pred)}

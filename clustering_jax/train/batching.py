@@ -1,0 +1,35 @@
+"""Deterministic epoch shuffling and mini-batching (host side, numpy indices)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+
+
+def epoch_key(key: jax.Array, epoch: int) -> jax.Array:
+  """The PRNG key of one epoch: a pure function of (key, epoch), so resume is exact."""
+  return jax.random.fold_in(key, epoch)
+
+
+def epoch_permutation(key: jax.Array, epoch: int, n: int) -> np.ndarray:
+  """Shuffled sample order for one epoch, (n,) int64; same (key, epoch) -> same order."""
+  return np.asarray(jax.random.permutation(epoch_key(key, epoch), n))
+
+
+def batches(order: np.ndarray, batch_size: int, *, drop_last: bool = False) -> Iterator[np.ndarray]:
+  """Consecutive index batches of `order`. The last short batch is kept unless drop_last
+  (or unless it would be the only batch: a set smaller than batch_size is one batch)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  n = len(order)
+  stop = n - n % batch_size if (drop_last and n >= batch_size) else n
+  for s in range(0, stop, batch_size):
+    yield order[s:s + batch_size]
+
+
+def n_batches(n: int, batch_size: int, *, drop_last: bool = False) -> int:
+  if drop_last and n >= batch_size:
+    return n // batch_size
+  return -(-n // batch_size)
