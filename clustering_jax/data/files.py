@@ -58,7 +58,11 @@ def _mat_v73(path):
           continue
         d = f[k]
         if isinstance(d, h5py.Dataset) and d.dtype == h5py.ref_dtype:
-          out[k] = np.array([np.array(f[r]).T for r in d[()].ravel()], dtype=object)
+          refs = d[()].ravel()
+          cells = np.empty(len(refs), dtype=object)  # np.array(list) would broadcast same-n views
+          for i, r in enumerate(refs):
+            cells[i] = np.array(f[r]).T
+          out[k] = cells
         elif isinstance(d, h5py.Dataset):
           out[k] = np.array(d).T  # MATLAB is column-major
   except OSError as e:
@@ -69,7 +73,9 @@ def _mat_v73(path):
 def load_mat(path: str, *, name: str | None = None, n_clusters: int | None = None) -> Dataset:
   """Reads a multi-view .mat file in either layout; v7.3 files go through h5py."""
   name = name or os.path.splitext(os.path.basename(path))[0]
-  m = _mat_v5(path)
+  import h5py
+  # v7.3 files are HDF5 (with or without MATLAB's 512-byte header): go straight to h5py.
+  m = None if h5py.is_hdf5(path) else _mat_v5(path)
   if m is None:
     m = _mat_v73(path)
   m = {k: v for k, v in m.items() if not k.startswith("__")}

@@ -19,8 +19,11 @@ def scale_array(x: np.ndarray, method: str) -> np.ndarray:
     span = hi - lo
     return ((x - lo) / np.where(span > 0, span, 1.0)).astype(np.float32)
   if method == "standard":
-    mu, sd = x.mean(axis=0), x.std(axis=0)
-    return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+    # float64: a constant float32 column then has mean exactly equal to it and sd exactly 0
+    # (in float32 the rounding error makes sd ~1e-7 and the column becomes +-1).
+    x64 = x.astype(np.float64)
+    mu, sd = x64.mean(axis=0), x64.std(axis=0)
+    return ((x64 - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
   raise DataError(f"unknown scaling {method!r}; choose one of {SCALINGS}")
 
 
