@@ -1,7 +1,8 @@
 """Pure array functions: arrays in, arrays out; no modules, globals or I/O."""
 
 from clustering_jax.ops.distances import knn, map_row_blocks, sq_dists
-from clustering_jax.ops.kmeans import KMeansResult, assign, kmeans, kmeans_plusplus, lloyd, normalize
+from clustering_jax.ops.kmeans import (KMeansResult, assign, kmeans, kmeans_plusplus, lloyd,
+                                       normalize)
 
 __all__ = ["KMeansResult", "assign", "kmeans", "kmeans_plusplus", "knn", "lloyd",
            "map_row_blocks", "normalize", "sq_dists"]
