@@ -1,0 +1,83 @@
+"""Blocked distances and kNN against brute-force NumPy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clustering_jax.ops import knn, map_row_blocks, sq_dists
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(23, 4)).astype(np.float32)
+
+
+def _np_sq(a, b):
+  return ((a[:, None, :].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1)
+
+
+def test_sq_dists_matches_numpy():
+  b = RNG.normal(size=(7, 4)).astype(np.float32)
+  d = np.asarray(sq_dists(jnp.asarray(X), jnp.asarray(b)))
+  assert d.shape == (23, 7)
+  np.testing.assert_allclose(d, _np_sq(X, b), rtol=1e-5, atol=1e-5)
+  # clipped at zero: the distance of a point to itself is exactly >= 0, never negative
+  big = (X * 1000).astype(np.float32)
+  assert (np.asarray(sq_dists(jnp.asarray(big), jnp.asarray(big))) >= 0).all()
+
+
+def test_sq_dists_shape_error():
+  with pytest.raises(ValueError, match=r"needs \(n, d\) and \(m, d\), got \(23, 4\) and \(3, 5\)"):
+    sq_dists(jnp.asarray(X), jnp.zeros((3, 5)))
+
+
+def _np_knn(x, k, exclude_self):
+  d = _np_sq(x, x)
+  if exclude_self:
+    np.fill_diagonal(d, np.inf)
+  idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(d, idx, axis=1), idx
+
+
+@pytest.mark.parametrize("block", [1, 5, 8, 23, 64])   # 5 and 8 do not divide n=23
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_knn_matches_brute_force(block, exclude_self):
+  k = 4
+  d, idx = knn(jnp.asarray(X), k, block=block, exclude_self=exclude_self)
+  wd, widx = _np_knn(X, k, exclude_self)
+  assert d.shape == (23, k) and idx.shape == (23, k) and idx.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(idx), widx)
+  np.testing.assert_allclose(np.asarray(d), wd, rtol=1e-4, atol=1e-5)
+  if exclude_self:
+    assert not (np.asarray(idx) == np.arange(23)[:, None]).any()
+  else:
+    np.testing.assert_array_equal(np.asarray(idx)[:, 0], np.arange(23))
+
+
+def test_knn_k_too_large():
+  with pytest.raises(ValueError, match="k=23 too large for n=23"):
+    knn(jnp.asarray(X), 23)
+
+
+@pytest.mark.parametrize("block", [1, 4, 7, 23, 100])
+def test_map_row_blocks(block):
+  def fn(rows, idx):
+    # a row-dependent quantity that needs the global index: distance row + own index
+    return jnp.sum(sq_dists(rows, jnp.asarray(X)), axis=1) + idx, idx
+
+  out, idx = map_row_blocks(fn, jnp.asarray(X), block=block)
+  assert out.shape == (23,) and idx.shape == (23,)
+  np.testing.assert_array_equal(np.asarray(idx), np.arange(23))
+  np.testing.assert_allclose(np.asarray(out), _np_sq(X, X).sum(1) + np.arange(23), rtol=1e-5)
+
+
+def test_map_row_blocks_padding_never_nan():
+  # fn that would produce NaN on zero rows: padding uses copies of row 0, not zeros
+  x = jnp.asarray(np.abs(X) + 1.0)
+  out = map_row_blocks(lambda r, i: jnp.log(r).sum(1), x, block=5)
+  assert np.isfinite(np.asarray(out)).all()
+  np.testing.assert_allclose(np.asarray(out), np.log(np.abs(X) + 1.0).sum(1), rtol=1e-5)
+
+
+def test_map_row_blocks_under_jit():
+  f = jax.jit(lambda x: map_row_blocks(lambda r, i: r * 2.0, x, block=6))
+  np.testing.assert_allclose(np.asarray(f(jnp.asarray(X))), X * 2.0)
