@@ -1,6 +1,5 @@
 """Data layer: container validation, loaders, data-dir rule, scaling, TFDS adapter."""
 
-import os
 import re
 import time
 
