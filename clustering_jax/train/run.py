@@ -24,6 +24,15 @@ class NonFiniteError(FloatingPointError):
   """A loss term became NaN/Inf; the message names stage, epoch and term."""
 
 
+def _is_key(a) -> bool:
+  return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def _host(a) -> np.ndarray:
+  """A leaf as a numpy array; typed PRNG keys as their raw key data."""
+  return np.asarray(jax.random.key_data(a)) if _is_key(a) else np.asarray(a)
+
+
 def _to_py(v):
   v = np.asarray(v)
   return v.item() if v.ndim == 0 else v.tolist()
@@ -125,7 +134,7 @@ class Run:
       return False
     import orbax.checkpoint as ocp
     mgr = self._manager(stage)
-    mgr.save(epoch, args=ocp.args.StandardSave(jax.tree.map(np.asarray, state)), force=True)
+    mgr.save(epoch, args=ocp.args.StandardSave(jax.tree.map(_host, state)), force=True)
     mgr.wait_until_finished()
     return True
 
@@ -139,9 +148,11 @@ class Run:
     if step is None:
       return None
     import orbax.checkpoint as ocp
-    abstract = jax.tree.map(lambda a: np.zeros(np.shape(a), np.asarray(a).dtype), like)
+    abstract = jax.tree.map(lambda a: np.zeros_like(_host(a)), like)
     state = self._manager(stage).restore(step, args=ocp.args.StandardRestore(abstract))
-    state = jax.tree.map(lambda r, a: np.asarray(r, dtype=np.asarray(a).dtype), state, like)
+    state = jax.tree.map(
+        lambda r, a: (jax.random.wrap_key_data(np.asarray(r), impl=jax.random.key_impl(a))
+                      if _is_key(a) else np.asarray(r, dtype=np.asarray(a).dtype)), state, like)
     return state, step + 1
 
   def close(self):
