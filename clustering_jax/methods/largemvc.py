@@ -1,0 +1,347 @@
+"""LargeMvC-Net: anchor-based deep unfolding network for large-scale multi-view clustering.
+
+Paper: Du et al., ACM MM 2025 (../shared/papers/001_ef64d86f8c4ede99.txt). The network
+unfolds L iterations of the alternating solver of Problem (2):
+
+  RepresentModule (Eq. 11)  H <- 1/|V_i| sum_{v present} S_theta(H R + (X_v - E_v) P_v^T U)
+  NoiseModule     (Eq. 12)  E_v <- D_rho_v(X_v - H P_v)            (row-wise l2,1 shrinkage)
+  AnchorModule    (Eq. 13)  P_v <- B_v C_v^T, SVD(H^T (X_v - E_v)) = B_v S_v C_v^T (Eq. 10)
+
+with trainable R, U (m x m), thresholds theta^(l) and rho_v^(l), trained on the
+reconstruction loss of Eq. 14 (full batch, Adam, 100 epochs, lr 0.01: §4.1.2). The start
+(H0, P0, E0) is k-means on a spectral embedding of the standardized concatenated views
+(one-hot H0, Procrustes P0, E0 = X - H0 P0); final labels are k-means on the final H.
+
+Every sum over samples (H^T (X_v - E_v), the loss, the k-means statistics) is written as a
+reduction over the leading sample axis, so with `shard="devices"` the sample axis is split
+over all devices (NamedSharding) and n is bounded by their total memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clustering_jax.data.container import Dataset
+from clustering_jax.methods.base import FitResult
+from clustering_jax.ops.kmeans import kmeans
+from clustering_jax.ops.spectral import spectral_embedding
+from clustering_jax.ops.unfolding import (ACTIVATIONS, GRAD_POLICIES, SHRINK_MODES, procrustes,
+                                          row_shrink, soft_threshold)
+from clustering_jax.train.run import Run
+
+VARIANTS = ("full", "amvc", "rmvc")
+SHARD_MODES = ("auto", "none", "devices")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """LargeMvC-Net hyperparameters; defaults are the paper's where it gives one."""
+
+  epochs: int = 100                  # §4.1.2: 100 epochs
+  lr: float = 0.01                   # §4.1.2: learning rate 0.01 (optimizer: Adam, not stated)
+  n_layers: int = 2                  # L; §4.3.3: best at 2 layers
+  n_anchors: Optional[int] = None    # m; None -> c (§4.3.3: best at m = c)
+  activation: str = "relu"           # sigma of S_theta and D_rho (Eq. 11-12): relu | selu
+  shrink: str = "row"                # D_rho per sample row (Eq. 12) | "matrix" (public code)
+  procrustes_grad: str = "stop"      # "stop" (public code) | "svd" (differentiate the SVD)
+  variant: str = "full"              # full | amvc (no NoiseModule) | rmvc (RepresentModule only)
+  lipschitz: float = 1.0             # L_p = L_q at init: R = I - P P^T / L_p, U = I / L_p (Eq. 5)
+  theta_init: float = 0.1            # theta = alpha / L_p at init (alpha not given in the paper)
+  rho_init: Union[float, str] = "median"  # rho_v = beta / L_q at init; "median": median residual row norm
+  spectral_graph: str = "auto"       # init graph: auto | knn | anchor (ops.spectral)
+  knn_k: int = 10                    # neighbours of the init kNN graph
+  kmeans_n_init: int = 10            # restarts of every k-means (init and final)
+  shard: str = "auto"                # auto (devices when > 1) | none | devices
+
+
+class Batch(NamedTuple):
+  """Constants of one fit; every array but p0 has the sample axis first."""
+  xs: tuple        # V x (n, d_v) float32, zero where missing
+  mask: jax.Array  # (n, V) float32, 1 = present
+  h0: jax.Array    # (n, m) one-hot initial H
+  e0s: tuple       # V x (n, d_v) initial E_v
+  p0s: tuple       # V x (m, d_v) initial P_v
+
+
+def check_config(cfg: Config) -> None:
+  if cfg.activation not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {cfg.activation!r}")
+  if cfg.shrink not in SHRINK_MODES:
+    raise ValueError(f"shrink must be one of {SHRINK_MODES}, got {cfg.shrink!r}")
+  if cfg.procrustes_grad not in GRAD_POLICIES:
+    raise ValueError(f"procrustes_grad must be one of {GRAD_POLICIES}, got {cfg.procrustes_grad!r}")
+  if cfg.variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
+  if cfg.shard not in SHARD_MODES:
+    raise ValueError(f"shard must be one of {SHARD_MODES}, got {cfg.shard!r}")
+  if cfg.n_layers < 1:
+    raise ValueError(f"n_layers must be >= 1, got {cfg.n_layers}")
+  if cfg.epochs < 0:
+    raise ValueError(f"epochs must be >= 0, got {cfg.epochs}")
+  if cfg.lipschitz <= 0:
+    raise ValueError(f"lipschitz must be > 0, got {cfg.lipschitz}")
+  if not (cfg.rho_init == "median" or isinstance(cfg.rho_init, (int, float))):
+    raise ValueError(f"rho_init must be a number or 'median', got {cfg.rho_init!r}")
+
+
+# -- the network: pure functions ----------------------------------------------------
+
+def represent(h, xs, es, ps, mask, r, u, theta, *, activation="relu"):
+  """RepresentModule, Eq. 11, averaged over the views present for each sample.
+
+  h: (n, m); xs, es: V x (n, d_v) (es may be None: no NoiseModule); ps: V x (m, d_v);
+  mask: (n, V) 0/1; r, u: (m, m), or (V, m, m) for per-view R, U; theta: scalar.
+  Returns the new H (n, m).
+  """
+  acc = 0.0
+  for v, (x, p) in enumerate(zip(xs, ps)):
+    resid = x if es is None else x - es[v]
+    rv = r if r.ndim == 2 else r[v]
+    uv = u if u.ndim == 2 else u[v]
+    acc = acc + mask[:, v:v + 1] * soft_threshold(h @ rv + (resid @ p.T) @ uv, theta,
+                                                  activation=activation)
+  return acc / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)  # 1/|V_i| sum_v
+
+
+def noise(h, xs, ps, mask, rho, *, activation="relu", mode="row"):
+  """NoiseModule, Eq. 12: E_v = D_rho_v(X_v - H P_v); rows of missing views are 0.
+
+  rho: (V,). Returns V x (n, d_v).
+  """
+  return tuple(row_shrink(x - h @ p, rho[v], activation=activation, mode=mode,
+                          row_weight=mask[:, v])
+               for v, (x, p) in enumerate(zip(xs, ps)))
+
+
+def anchor(h, xs, es, mask, *, grad="stop"):
+  """AnchorModule, Eq. 9-10, 13: P_v = Procrustes(H^T (X_v - E_v)) over present samples.
+
+  H^T (X_v - E_v) is a sum over samples: a cross-device reduction when sharded.
+  """
+  out = []
+  for v, x in enumerate(xs):
+    resid = x if es is None else x - es[v]
+    out.append(procrustes(h.T @ (mask[:, v:v + 1] * resid), grad=grad))
+  return tuple(out)
+
+
+def forward(params, batch: Batch, cfg: Config):
+  """L unfolded layers from (H0, E0, P0). Returns (H, E tuple or None, P tuple)."""
+  h, ps = batch.h0, batch.p0s
+  es = batch.e0s if cfg.variant == "full" else None
+  for layer in range(cfg.n_layers):
+    h = represent(h, batch.xs, es, ps, batch.mask, params["R"], params["U"],
+                  params["theta"][layer], activation=cfg.activation)           # Eq. 11
+    if cfg.variant == "full":
+      es = noise(h, batch.xs, ps, batch.mask, params["rho"][layer],
+                 activation=cfg.activation, mode=cfg.shrink)                   # Eq. 12
+    if cfg.variant != "rmvc":
+      ps = anchor(h, batch.xs, es, batch.mask, grad=cfg.procrustes_grad)      # Eq. 13
+  return h, es, ps
+
+
+def reconstruction_loss(h, xs, ps, mask):
+  """Eq. 14: sum_v MSE(X_v, H P_v) over the samples where view v is present.
+
+  h: (n, m); xs: V x (n, d_v); ps: V x (m, d_v); mask: (n, V).
+  Returns (loss, per-view MSE (V,)).
+  """
+  per_view = []
+  for v, (x, p) in enumerate(zip(xs, ps)):
+    sq = jnp.sum(mask[:, v:v + 1] * (x - h @ p) ** 2)
+    per_view.append(sq / (jnp.maximum(jnp.sum(mask[:, v]), 1.0) * x.shape[1]))
+  per_view = jnp.stack(per_view)
+  return jnp.sum(per_view), per_view
+
+
+def loss_fn(params, batch: Batch, cfg: Config):
+  h, es, ps = forward(params, batch, cfg)
+  loss, per_view = reconstruction_loss(h, batch.xs, ps, batch.mask)
+  aux = {"loss": loss, "h_zero_frac": jnp.mean(h == 0.0)}
+  for v in range(len(batch.xs)):
+    aux[f"mse_v{v}"] = per_view[v]
+    if es is not None:
+      present = jnp.maximum(jnp.sum(batch.mask[:, v]), 1.0)
+      nz = jnp.sum(batch.mask[:, v] * (jnp.sum(es[v] ** 2, axis=1) > 0))
+      aux[f"noise_rows_v{v}"] = nz / present   # fraction of samples whose E_v row is non-zero
+  return loss, aux
+
+
+def make_step(cfg: Config, tx):
+  """Jitted full-batch step: (params, opt_state, batch) -> (params, opt_state, metrics)."""
+  def step(params, opt_state, batch):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, cfg)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    aux["theta_mean"] = jnp.mean(params["theta"])
+    aux["rho_mean"] = jnp.mean(params["rho"])
+    return params, opt_state, aux
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+# -- initialization --------------------------------------------------------------------
+
+def standardized_concat(xs, mask) -> np.ndarray:
+  """z-scored features over present samples, missing blocks at 0 (the mean), each view
+  scaled by 1/sqrt(d_v) so every view weighs the same in the distances. (n, sum d_v)."""
+  out = []
+  for v, x in enumerate(xs):
+    x = np.asarray(x, np.float32)
+    pres = mask[:, v] > 0
+    mu = x[pres].mean(axis=0)
+    sd = x[pres].std(axis=0)
+    z = (x - mu) / np.where(sd > 0, sd, 1.0)
+    out.append(np.where(pres[:, None], z, 0.0) / np.sqrt(x.shape[1]))
+  return np.concatenate(out, axis=1).astype(np.float32)
+
+
+def initialize(key, xs, mask, n_clusters: int, cfg: Config):
+  """Spectral embedding -> k-means -> one-hot H0, P0 = Procrustes(H0^T X), E0 = X - H0 P0.
+
+  Returns (h0 (n, m), e0s, p0s, init_labels (n,), info).
+  """
+  m = cfg.n_anchors or n_clusters
+  k_emb, k_km, k_km2 = jax.random.split(key, 3)
+  t0 = time.perf_counter()
+  z = jnp.asarray(standardized_concat(xs, np.asarray(mask)))
+  emb, evals = spectral_embedding(k_emb, z, n_clusters, method=cfg.spectral_graph, k=cfg.knn_k)
+  init = kmeans(k_km, emb, n_clusters, n_init=cfg.kmeans_n_init)
+  labels_m = init.labels if m == n_clusters else kmeans(
+      k_km2, emb, m, n_init=cfg.kmeans_n_init).labels  # m > c anchors: k-means with m centers
+  h0 = jax.nn.one_hot(labels_m, m, dtype=jnp.float32)
+  mask = jnp.asarray(mask, jnp.float32)
+  p0s = anchor(h0, xs, None, mask, grad="stop")                     # Eq. 13 with E = 0
+  if cfg.variant == "full":
+    e0s = tuple(mask[:, v:v + 1] * (x - h0 @ p) for v, (x, p) in enumerate(zip(xs, p0s)))
+  else:
+    e0s = tuple(jnp.zeros_like(x) for x in xs)
+  jax.block_until_ready((h0, e0s, p0s))
+  info = {"init_time_s": round(time.perf_counter() - t0, 3),
+          "spectral_eigenvalues": [round(float(e), 5) for e in np.asarray(evals)]}
+  return h0, e0s, p0s, np.asarray(init.labels), info
+
+
+def init_params(p0s, e0s, mask, cfg: Config) -> dict:
+  """R = I - mean_v(P_v P_v^T) / L_p and U = I / L_p (the values of Eq. 5), theta^(l), rho_v^(l)."""
+  m = p0s[0].shape[0]
+  eye = jnp.eye(m, dtype=jnp.float32)
+  ppt = sum(p @ p.T for p in p0s) / len(p0s)   # = I when every d_v >= m
+  if cfg.rho_init == "median":
+    rho0 = []
+    for v, e in enumerate(e0s):
+      norms = np.asarray(jnp.linalg.norm(e, axis=1))[np.asarray(mask[:, v]) > 0]
+      rho0.append(float(np.median(norms)) if norms.size else 0.0)
+  else:
+    rho0 = [float(cfg.rho_init)] * len(p0s)
+  return {"R": eye - ppt / cfg.lipschitz,
+          "U": eye / cfg.lipschitz,
+          "theta": jnp.full((cfg.n_layers,), cfg.theta_init, jnp.float32),
+          "rho": jnp.tile(jnp.asarray(rho0, jnp.float32)[None], (cfg.n_layers, 1))}
+
+
+# -- sharding ----------------------------------------------------------------------------
+
+def _place(batch: Batch, n: int, cfg: Config):
+  """Pads the sample axis to a multiple of the device count and shards it ('data' axis).
+
+  Padded rows have an all-zero mask, so they add nothing to any sum. Returns (batch, n_dev).
+  """
+  n_dev = jax.device_count()
+  if cfg.shard == "none" or (cfg.shard == "auto" and n_dev == 1):
+    return batch, 1
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  rows, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  pad = (-n) % n_dev
+
+  def padrows(a):
+    a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
+    return jax.device_put(a, rows)
+
+  batch = Batch(xs=tuple(padrows(x) for x in batch.xs), mask=padrows(batch.mask),
+                h0=padrows(batch.h0), e0s=tuple(padrows(e) for e in batch.e0s),
+                p0s=tuple(jax.device_put(p, repl) for p in batch.p0s))
+  return batch, n_dev
+
+
+# -- fit ---------------------------------------------------------------------------------
+
+def train(batch: Batch, params: dict, cfg: Config, *, run: Run, n: int):
+  """Full-batch training on the unfolded network (Algorithm 1). Returns (params, H, info).
+
+  Full batch, as the paper: one step per epoch, no per-epoch randomness.
+  """
+  batch, n_dev = _place(batch, n, cfg)
+  if n_dev > 1:
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    repl = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
+    params = jax.device_put(params, repl)
+  tx = optax.adam(cfg.lr)
+  opt_state = tx.init(params)
+  state = {"params": params, "opt_state": opt_state}
+  restored = run.restore("train", state)
+  state, start = restored if restored else (state, 0)
+  step = make_step(cfg, tx)
+  params, opt_state = state["params"], state["opt_state"]
+  if n_dev > 1:
+    params, opt_state = jax.device_put((params, opt_state), repl)
+  times, compile_s = [], None
+  for epoch in run.epochs("train", start, cfg.epochs):
+    t = time.perf_counter()
+    params, opt_state, m = step(params, opt_state, batch)
+    m = jax.device_get(m)                               # host sync once per epoch
+    dt = time.perf_counter() - t
+    if compile_s is None:
+      compile_s = dt
+    else:
+      times.append(dt)
+    run.log("train", epoch, m)
+    run.save("train", epoch, {"params": params, "opt_state": opt_state})
+  h, _, ps = jax.jit(lambda p, b: forward(p, b, cfg))(params, batch)
+  loss = float(reconstruction_loss(h, batch.xs, ps, batch.mask)[0])
+  info = {"epochs": int(cfg.epochs), "n_devices": n_dev, "final_loss": loss,
+          "compile_s": None if compile_s is None else round(compile_s, 4),
+          "time_per_epoch_s": float(np.median(times)) if times else None,
+          "steps_per_s": float(1.0 / np.median(times)) if times else None}
+  return params, h[:n], info
+
+
+def prepare(data: Dataset):
+  """Views as float32 jnp arrays with missing rows zeroed, and the (n, V) float mask."""
+  xs = [np.asarray(v, np.float32) for v in data.flat_views()]
+  n, nv = xs[0].shape[0], len(xs)
+  mask = np.ones((n, nv), bool) if data.mask is None else np.asarray(data.mask, bool)
+  xs = tuple(jnp.asarray(np.where(mask[:, v:v + 1], x, 0.0)) for v, x in enumerate(xs))
+  return xs, jnp.asarray(mask, jnp.float32)
+
+
+def fit(data: Dataset, config: Config, *, key, run: Run) -> FitResult:
+  """Initialization, full-batch training, k-means on the final H."""
+  check_config(config)
+  t0 = time.perf_counter()
+  xs, mask = prepare(data)
+  n = data.n_samples
+  k_init, k_final = jax.random.split(key)
+  h0, e0s, p0s, init_labels, info = initialize(k_init, xs, mask, data.n_clusters, config)
+  params = init_params(p0s, e0s, mask, config)
+  batch = Batch(xs=xs, mask=mask, h0=h0, e0s=e0s, p0s=p0s)
+  params, h, tinfo = train(batch, params, config, run=run, n=n)
+  final = kmeans(k_final, h, data.n_clusters, n_init=config.kmeans_n_init)
+  labels = np.asarray(final.labels)
+  run.log("final", 0, {"loss": tinfo["final_loss"], "kmeans_inertia": final.inertia},
+          labels=labels)
+  info.update(tinfo)
+  info.update({"n_anchors": int(h0.shape[1]), "variant": config.variant,
+               "theta": np.asarray(params["theta"]).round(5).tolist(),
+               "rho": np.asarray(params["rho"]).round(5).tolist(),
+               "total_time_s": round(time.perf_counter() - t0, 3)})
+  return FitResult(labels=labels, embedding=np.asarray(h), init_labels=init_labels,
+                   init_embedding=np.asarray(h0),
+                   state={"params": jax.tree.map(np.asarray, params)}, info=info)

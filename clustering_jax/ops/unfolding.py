@@ -1,0 +1,102 @@
+"""Layers of unfolded proximal-gradient networks (LargeMvC-Net, Eq. 9-13).
+
+Pure array functions:
+  * `soft_threshold`   S_theta(a) = sigma(a - theta) - sigma(-a - theta)        (Eq. 11)
+  * `row_shrink`       D_rho(a_i) = sigma(||a_i|| - rho) / ||a_i|| * a_i       (Eq. 12)
+                       row-wise (the l2,1 prox) or, as a switch, on the whole matrix
+  * `procrustes`       P = B C^T from SVD(M) = B Sigma C^T maximizes tr(P^T M)  (Eq. 9-10, 13)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {"relu": jax.nn.relu, "selu": jax.nn.selu}
+SHRINK_MODES = ("row", "matrix")
+GRAD_POLICIES = ("stop", "svd")
+
+
+def _activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+  return ACTIVATIONS[name]
+
+
+def soft_threshold(a: jax.Array, theta, *, activation: str = "relu") -> jax.Array:
+  """Learnable soft-thresholding S_theta of Eq. 11, elementwise.
+
+  S_theta(a) = sigma(a - theta) - sigma(-a - theta). With sigma = ReLU this is the
+  proximal operator of theta * ||.||_1, sign(a) * max(|a| - theta, 0).
+
+  Args:
+    a: any shape. theta: scalar or broadcastable to a (the threshold alpha / L_p).
+    activation: "relu" or "selu".
+  Returns:
+    array of a's shape.
+  """
+  sigma = _activation(activation)
+  return sigma(a - theta) - sigma(-a - theta)
+
+
+def _safe_norm(sq: jax.Array) -> jax.Array:
+  # sqrt with a zero (not NaN) gradient at 0: a zero row stays zero under shrinkage.
+  pos = sq > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
+def row_shrink(a: jax.Array, rho, *, activation: str = "relu", mode: str = "row",
+               row_weight: jax.Array | None = None) -> jax.Array:
+  """Shrinkage D_rho of Eq. 12.
+
+  mode="row" (the paper): each row a_i -> sigma(||a_i||_2 - rho) / ||a_i||_2 * a_i if
+  ||a_i||_2 > rho, else 0. With sigma = ReLU this is the proximal operator of
+  rho * ||.||_{2,1} (sum of row norms), applied to one sample's row at a time.
+  mode="matrix" (the public code): the same rule with ||a||_F of the whole matrix, i.e. the
+  prox of rho * ||.||_F; the norm is a sum over samples (a reduction when a is sharded).
+
+  Args:
+    a: (n, d). rho: scalar threshold (beta / L_q).
+    row_weight: optional (n,) 0/1 weights; rows with weight 0 are ignored by the
+      whole-matrix norm and returned as 0 in both modes.
+  Returns:
+    (n, d).
+  """
+  if a.ndim != 2:
+    raise ValueError(f"row_shrink needs (n, d), got shape {a.shape}")
+  if mode not in SHRINK_MODES:
+    raise ValueError(f"mode must be one of {SHRINK_MODES}, got {mode!r}")
+  sigma = _activation(activation)
+  if row_weight is not None:
+    a = a * row_weight[:, None]
+  sq = jnp.sum(a * a, axis=1, keepdims=True)
+  if mode == "matrix":
+    sq = jnp.sum(sq, keepdims=True)
+  norm = _safe_norm(sq)
+  scale = jnp.where(norm > rho, sigma(norm - rho) / jnp.where(norm > 0, norm, 1.0), 0.0)
+  return scale * a
+
+
+def procrustes(m: jax.Array, *, grad: str = "stop") -> jax.Array:
+  """Orthogonal Procrustes solution of Eq. 9: argmax_P tr(P^T M) s.t. P P^T = I.
+
+  With SVD(M) = B Sigma C^T (Eq. 10, thin), P = B C^T (Eq. 13). For k <= d the rows
+  of P are orthonormal; for k > d (a view with fewer features than anchors) the
+  columns are, and P is the nearest partial isometry.
+
+  Args:
+    m: (k, d), e.g. H^T (X_v - E_v) -- a sum over samples.
+    grad: "stop" treats P as a constant in backprop (as the public code, which leaves
+      the graph for the SVD); "svd" differentiates through the SVD (ill-conditioned
+      when singular values nearly coincide).
+  Returns:
+    (k, d).
+  """
+  if m.ndim != 2:
+    raise ValueError(f"procrustes needs a (k, d) matrix, got shape {m.shape}")
+  if grad not in GRAD_POLICIES:
+    raise ValueError(f"grad must be one of {GRAD_POLICIES}, got {grad!r}")
+  if grad == "stop":
+    m = jax.lax.stop_gradient(m)  # policy "stop": no gradient through the SVD
+  b, _, ct = jnp.linalg.svd(m, full_matrices=False)
+  return b @ ct
