@@ -10,11 +10,14 @@ import pytest
 from sklearn.cluster import KMeans as SkKMeans
 
 from clustering_jax.data import load_dataset, scale_views
+from conftest import KMEANS_DEFAULTS
 from clustering_jax.ops import assign, kmeans, kmeans_plusplus, lloyd, normalize
 
 KEY = jax.random.key(0)
 # Most tests share one shape, k and n_init so the jitted kmeans compiles once per metric.
 N, D, K, N_INIT = 60, 3, 3, 2
+KW = dict(KMEANS_DEFAULTS, n_init=N_INIT)      # the estimator passes every keyword
+COS = dict(KW, metric="cosine")
 _pp = jax.jit(kmeans_plusplus, static_argnums=2)
 
 
@@ -30,13 +33,13 @@ def _np_assign(x, c):
   return d.argmin(1), d.min(1)
 
 
-def test_inertia_matches_sklearn_on_digits(digits_flat):
+def test_inertia_matches_sklearn_on_digits(digits_flat, sklearn_digits):
   x, _ = digits_flat
   t0 = time.perf_counter()
-  res = kmeans(KEY, x, 10, n_init=10)
+  res = kmeans(KEY, x, 10, **KMEANS_DEFAULTS)
   jax.block_until_ready(res)
   ours_s = time.perf_counter() - t0
-  sk = SkKMeans(10, n_init=10, random_state=0).fit(x)
+  sk = sklearn_digits
   ours = float(res.inertia)
   assert ours <= sk.inertia_ * 1.01, (ours, sk.inertia_)
   # reported inertia is the true sum of squared distances to the returned centers
@@ -51,7 +54,7 @@ def test_inertia_matches_sklearn_on_hdigit(shared_data_dir):
   ds = scale_views(load_dataset("hdigit", str(shared_data_dir)), "minmax")
   x = ds.concat()
   t0 = time.perf_counter()
-  res = jax.block_until_ready(kmeans(KEY, x, 10, n_init=10))
+  res = jax.block_until_ready(kmeans(KEY, x, 10, **KMEANS_DEFAULTS))
   ours_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   sk = SkKMeans(10, n_init=10, random_state=0).fit(x)
@@ -63,8 +66,8 @@ def test_inertia_matches_sklearn_on_hdigit(shared_data_dir):
 
 def test_same_key_same_labels_different_keys_may_differ():
   x = _blobs(n=N, k=K, d=D, seed=1)
-  a = kmeans(jax.random.key(1), x, K, n_init=N_INIT)
-  b = kmeans(jax.random.key(1), x, K, n_init=N_INIT)
+  a = kmeans(jax.random.key(1), x, K, **KW)
+  b = kmeans(jax.random.key(1), x, K, **KW)
   np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
   np.testing.assert_array_equal(np.asarray(a.centers), np.asarray(b.centers))
   # different keys give different seedings
@@ -111,9 +114,8 @@ def test_cosine_matches_numpy_spherical_reference():
   np.testing.assert_allclose(np.linalg.norm(np.asarray(res.centers), axis=1), 1.0, atol=1e-5)
   assert float(res.inertia) == pytest.approx(inertia, rel=1e-4, abs=1e-4)
   # the same through kmeans(): scale of the rows does not matter for cosine
-  r1 = kmeans(KEY, x, K, n_init=N_INIT, metric="cosine")
-  r2 = kmeans(KEY, x * rng.uniform(0.1, 10, (N, 1)).astype(np.float32), K, n_init=N_INIT,
-              metric="cosine")
+  r1 = kmeans(KEY, x, K, **COS)
+  r2 = kmeans(KEY, x * rng.uniform(0.1, 10, (N, 1)).astype(np.float32), K, **COS)
   np.testing.assert_array_equal(np.asarray(r1.labels), np.asarray(r2.labels))
 
 
@@ -172,7 +174,7 @@ def test_two_empty_clusters_take_distinct_points():
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_identical_points_finite(metric):
   x = np.tile(np.array([[0.3, -1.0, 2.0]], np.float32), (N, 1))
-  res = kmeans(KEY, x, K, n_init=N_INIT, metric=metric)
+  res = kmeans(KEY, x, K, **dict(KW, metric=metric))
   chex.assert_tree_all_finite(res)
   chex.assert_shape(res.labels, (N,))
   chex.assert_shape(res.centers, (K, D))
@@ -183,7 +185,7 @@ def test_zero_rows_cosine_finite():
   x = np.zeros((N, D), np.float32)
   x[N // 2:] = 1.0
   x[N // 2:, 0] = np.arange(N // 2)
-  res = kmeans(KEY, x, K, n_init=N_INIT, metric="cosine")
+  res = kmeans(KEY, x, K, **COS)
   chex.assert_tree_all_finite(res)
 
 
@@ -214,7 +216,7 @@ def test_normalize():
 
 def test_shapes_and_dtypes():
   x = _blobs(n=N, k=K, d=D)
-  res = kmeans(KEY, x, K, n_init=N_INIT)
+  res = kmeans(KEY, x, K, **KW)
   chex.assert_shape(res.labels, (N,))
   chex.assert_shape(res.centers, (K, D))
   chex.assert_shape(res.inertia, ())

@@ -10,6 +10,7 @@ import pytest
 
 from clustering_jax.nets import MLPAutoencoder
 from clustering_jax.ops import kmeans
+from conftest import KMEANS_DEFAULTS
 from clustering_jax.train import (NonFiniteError, Run, batches, epoch_key, epoch_permutation,
                                   n_batches)
 
@@ -95,12 +96,13 @@ def test_nan_guard_without_checkpoint(tmp_path):
 
 
 # -- checkpoints ------------------------------------------------------------------------------
+@jax.jit
 def _flax_adam_state():
   model = MLPAutoencoder(out_dim=5, hidden=(4,), latent=2)
-  params = jax.jit(model.init)(KEY, jnp.ones((1, 5)))
+  params = model.init(KEY, jnp.ones((1, 5)))
   tx = optax.adam(1e-3)
   opt = tx.init(params)
-  grads = jax.tree.map(jnp.ones_like, params)
+  grads = jax.tree.map(lambda p: jnp.linspace(-1, 1, p.size).reshape(p.shape), params)
   _, opt = tx.update(grads, opt, params)      # non-trivial moments and count
   return {"params": params, "opt": opt, "centers": jnp.full((3, 2), 0.25),
           "labels": jnp.arange(7, dtype=jnp.int32)}
@@ -157,6 +159,10 @@ def test_save_restore_typed_prng_key(tmp_path):
 N, D, LATENT, K, BATCH, EPOCHS = 60, 6, 3, 3, 20, 4
 _MODEL = MLPAutoencoder(out_dim=D, hidden=(16,), latent=LATENT)
 _TX = optax.adam(1e-2)
+KW = dict(KMEANS_DEFAULTS, n_init=2)
+_init = jax.jit(_MODEL.init)
+_encode = jax.jit(lambda p, x: _MODEL.apply(p, x, method="encode"))
+_opt_init = jax.jit(_TX.init)
 
 
 @jax.jit
@@ -177,8 +183,8 @@ def _train(x, out_dir, *, kill_after=None):
   """Autoencoder pretraining + k-means on the embedding, built only from library pieces."""
   key = jax.random.key(0)
   k_init, k_data, k_km = jax.random.split(key, 3)
-  params = jax.jit(_MODEL.init)(k_init, x[:1])
-  state = {"params": params, "opt": _TX.init(params)}
+  params = _init(k_init, x[:1])
+  state = {"params": params, "opt": _opt_init(params)}
   run = Run(str(out_dir), checkpoint_every=1)
   restored = run.restore("pretrain", state)
   state, start = restored if restored else (state, 0)
@@ -194,8 +200,8 @@ def _train(x, out_dir, *, kill_after=None):
         raise _Killed(epoch)
   finally:
     run.close()
-  z = _MODEL.apply(state["params"], x, method="encode")
-  res = kmeans(k_km, z, K, n_init=2)
+  z = _encode(state["params"], x)
+  res = kmeans(k_km, z, K, **KW)
   return state, np.asarray(res.labels), start
 
 
@@ -217,6 +223,6 @@ def test_resume_gives_same_params_and_labels(tmp_path):
   epochs_b = [json.loads(x)["epoch"] for x in (tmp_path / "b" / "metrics.jsonl").open()]
   assert epochs_b == [0, 1, 2, 3]
   # and training moved the parameters away from their initial values
-  init = jax.jit(_MODEL.init)(jax.random.split(jax.random.key(0), 3)[0], x[:1])
+  init = _init(jax.random.split(jax.random.key(0), 3)[0], x[:1])
   assert not np.array_equal(np.asarray(jax.tree.leaves(init)[0]),
                             np.asarray(jax.tree.leaves(state_a["params"])[0]))
