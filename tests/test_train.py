@@ -89,6 +89,23 @@ def test_nan_guard_names_stage_epoch_term_and_keeps_checkpoint(tmp_path):
   fresh.close()
 
 
+def test_nan_guard_checks_vector_metrics():
+  run = Run(None)
+  run.log("mv", 0, {"view_loss": np.array([0.5, 1.0]), "n": 3})
+  with pytest.raises(NonFiniteError, match=r"'view_loss' = \[0.5, nan\] at mv epoch 1"):
+    run.log("mv", 1, {"view_loss": jnp.array([0.5, jnp.nan])})
+
+
+def test_progress_bar_shows_stage_and_loss(capsys):
+  run = Run(None, quiet=False, force_bar=True)
+  for e in run.epochs("pretrain", 1, 3):
+    run.log("pretrain", e, {"loss": 0.125 * e})
+  err = capsys.readouterr().err
+  assert "pretrain" in err and "3/3" in err and "loss=0.25" in err
+  assert len(list(Run(None, quiet=True).epochs("x", 0, 3))) == 3
+  assert list(run.epochs("x", 3, 3)) == []
+
+
 def test_nan_guard_without_checkpoint(tmp_path):
   run = Run(None)
   with pytest.raises(NonFiniteError, match="no checkpoint of this stage was written"):

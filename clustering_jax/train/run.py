@@ -85,7 +85,8 @@ class Run:
     """Records one epoch. Raises NonFiniteError if any metric is NaN/Inf."""
     row = {k: _to_py(v) for k, v in metrics.items()}
     for k, v in row.items():
-      if isinstance(v, float) and not np.isfinite(v):
+      a = np.asarray(v)  # scalars and per-view/per-term vectors alike
+      if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
         last = self.latest_epoch(stage)
         where = (f"last good checkpoint: {stage} epoch {last} in {self._ckpt_dir(stage)}"
                  if last is not None else "no checkpoint of this stage was written")
