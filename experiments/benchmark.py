@@ -27,7 +27,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-ROWS = RESULTS / "rows"
 PAPER = ROOT / "experiments" / "paper_numbers.json"
 METRICS = ("acc", "nmi", "ari")
 
@@ -95,10 +94,10 @@ def _fmt(mean, std, pct=True):
   return f"{mean:.1f} ± {std:.1f}"
 
 
-def regenerate() -> list:
-  rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
+def regenerate(results_dir: Path = RESULTS) -> list:
+  rows = [json.loads(p.read_text()) for p in sorted((results_dir / "rows").glob("*.json"))]
   rows.sort(key=lambda r: (r["dataset"], r["method"] != "kmeans", r["method"], r.get("tag", "")))
-  (RESULTS / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
+  (results_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
   paper = json.loads(PAPER.read_text())["entries"] if PAPER.exists() else []
   lines = [
       "# Benchmarks",
@@ -137,7 +136,7 @@ def regenerate() -> list:
   for r in rows:
     lines.append(f"- {r['method']} / {r['dataset']} {r.get('tag') or ''} "
                  f"({r['machine']}, {r['jax_backend']}, {r['date']}): `{r['command']}`")
-  (RESULTS / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+  (results_dir / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
   return rows
 
 
@@ -153,9 +152,11 @@ def main(argv=None):
   p.add_argument("--max-samples", type=int, default=None)
   p.add_argument("--tag", default="", help="names a non-default setting (row file suffix)")
   p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
+  p.add_argument("--results-dir", default=str(RESULTS))
   p.add_argument("--regenerate", action="store_true", help="only rebuild the tables from row files")
   args = p.parse_args(argv)
-  ROWS.mkdir(parents=True, exist_ok=True)
+  results_dir = Path(args.results_dir)
+  (results_dir / "rows").mkdir(parents=True, exist_ok=True)
   command = "python experiments/benchmark.py " + " ".join(
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
   if not args.regenerate:
@@ -168,11 +169,11 @@ def main(argv=None):
         results = [run_one(method, dataset, s, Path(args.runs_dir) / name / f"seed{s}", args)
                    for s in args.seeds]
         row = summarize(method, dataset, args.tag, args.seeds, results, command)
-        (ROWS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
+        (results_dir / "rows" / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
         print(f"{name}: ACC {_fmt(row['acc_mean'], row['acc_std'])}, "
               f"NMI {_fmt(row['nmi_mean'], row['nmi_std'])}, wall {row['wall_time_s_mean']:.1f}s")
-  regenerate()
-  print(f"wrote {RESULTS / 'benchmark.json'} and {RESULTS / 'BENCHMARKS.md'}")
+  regenerate(results_dir)
+  print(f"wrote {results_dir / 'benchmark.json'} and {results_dir / 'BENCHMARKS.md'}")
 
 
 if __name__ == "__main__":
