@@ -1,0 +1,490 @@
+"""IDCL: deep image clustering with a density curriculum and density-core assignment.
+
+Zheng, Zhang & Wang, ICMR 2024 (papers/003_…). Two stages:
+  1. pre-training of the autoencoder on L_rec (Eq. 13), then k-means on its embedding
+     (the starting point, `init_labels`);
+  2. Algorithm 2: each epoch embed all samples, local density (Eq. 1) with d_c at λ1,
+     k-means clusters, density cores (Eq. 9), density-core Student-t assignment Q (Eq. 10–11),
+     DEC target P, labels Y = argmax Q, stop when the label change rate is below μ,
+     the per-cluster curriculum set (Eq. 5–8), and mini-batch training on
+     L = L_rec + α·KL(P‖Q) (Eq. 14).
+
+Shapes never change between epochs: the curriculum set is visited in full batches of a
+fixed size (a set smaller than one batch is padded with zero-weight rows), and the density
+cores are passed as an (n,) weight mask over the epoch's embedding, so the train step
+compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clustering_jax.data.container import Dataset
+from clustering_jax.methods.base import FitResult
+from clustering_jax.nets.mlp import MLPAutoencoder
+from clustering_jax.nets.transformer import TransformerAutoencoder
+from clustering_jax.ops.assignment import (core_similarity, kl_clustering_loss, soft_assignment,
+                                           target_distribution)
+from clustering_jax.ops.curriculum import PACES, pacing, select_easy
+from clustering_jax.ops.density import (cutoff_distance, density_cores, difficulty_scores,
+                                        local_density)
+from clustering_jax.ops.distances import map_row_blocks
+from clustering_jax.ops.kmeans import kmeans, lloyd
+from clustering_jax.train.batching import epoch_key, epoch_permutation
+from clustering_jax.train.run import Run
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """IDCL hyperparameters; defaults are the paper's (§4 "Experimental Setup") unless noted.
+
+  Attributes:
+    backbone: "transformer" (§3 TAE), "mlp" (the same linear block without patches and
+      transformer blocks: Table 4 "w/o TB"; always used for vector data) or "auto".
+    hidden, latent: the linear block M-512-512-3072-10 (§4).
+    depth, num_heads, mlp_ratio, pos_encoding: transformer blocks per side, heads, FFN width
+      ratio and absolute position encoding — not given in the paper (our choice; App. F
+      says sinusoidal).
+    image_size: resize images to this side first; 0 = as the paper: only when the patch
+      embedding size C·H/4·W/4 is odd or H, W do not split into 4 (28×28 -> 32×32, App. F).
+    lr, batch_size, pretrain_epochs, epochs: Adam 0.01, 256, 100 and 200 (§4).
+    alpha: weight α of the KL term in Eq. 14 (0.1).
+    lam1: d_c rank λ1 (2 %); lam2: density-core rank λ2 (5 %).
+    zeta0, zeta_max: initial and maximal curriculum proportion ζ0 = 0.6, ζmax = 0.95.
+    t_grow: epochs for Eq. 5 to reach 1 — not given in the paper; our default is 100
+      (half the 200 training epochs; ζ reaches ζmax = 0.95 at epoch 90).
+    pace: "exp" (Eq. 5–6), "linear" (fixed pace ablation, Table 4 Model-5) or "all" (no
+      curriculum: every sample every epoch, Table 4 w/o RCL).
+    assignment: "core" (density-core Q, Eq. 10–11) or "center" (DEC's Student-t to the
+      k-means centers: Table 4 w/o C^core).
+    tol: stopping threshold μ on the label change rate (Algorithm 2) — not given in the
+      paper; 0.001 as DEC. Checked from the second clustering epoch on.
+    rec_loss: "sum" — Eq. 13 as printed, ‖x - x̂‖² summed over pixels, mean over samples;
+      "mean" — additionally averaged over pixels (what an MSELoss computes).
+    augment: random rotation (±10°) and shift (±H/10 px) of training images (App. F).
+    kmeans_n_init: k-means restarts per epoch (k-means default 10).
+    kmeans_init: "restart" — a fresh k-means each epoch (Algorithm 2 line 6), its labels
+      aligned to the previous epoch's by Hungarian matching of the two partitions (no ground
+      truth) for the change rate; "warm" — Lloyd started from the previous clusters' means.
+    embed_block: rows per block when embedding all samples (memory only).
+  """
+
+  backbone: str = "auto"
+  hidden: tuple = (512, 512, 3072)
+  latent: int = 10
+  depth: int = 1
+  num_heads: int = 1
+  mlp_ratio: int = 4
+  pos_encoding: str = "sinusoidal"
+  image_size: int = 0
+  lr: float = 0.01
+  batch_size: int = 256
+  pretrain_epochs: int = 100
+  epochs: int = 200
+  alpha: float = 0.1
+  lam1: float = 0.02
+  lam2: float = 0.05
+  zeta0: float = 0.6
+  zeta_max: float = 0.95
+  t_grow: float = 100.0
+  pace: str = "exp"
+  assignment: str = "core"
+  tol: float = 0.001
+  rec_loss: str = "sum"
+  augment: bool = True
+  kmeans_n_init: int = 10
+  kmeans_init: str = "restart"
+  embed_block: int = 1024
+
+  def validate(self):
+    if self.backbone not in ("auto", "transformer", "mlp"):
+      raise ValueError(f"backbone must be 'auto', 'transformer' or 'mlp', got {self.backbone!r}")
+    if self.pace not in PACES:
+      raise ValueError(f"pace must be one of {PACES}, got {self.pace!r}")
+    if self.assignment not in ("core", "center"):
+      raise ValueError(f"assignment must be 'core' or 'center', got {self.assignment!r}")
+    if self.rec_loss not in ("sum", "mean"):
+      raise ValueError(f"rec_loss must be 'sum' or 'mean', got {self.rec_loss!r}")
+    if self.kmeans_init not in ("restart", "warm"):
+      raise ValueError(f"kmeans_init must be 'restart' or 'warm', got {self.kmeans_init!r}")
+    for name in ("lam1", "lam2", "zeta0", "zeta_max"):
+      v = getattr(self, name)
+      if not 0.0 < v <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {v}")
+    if self.t_grow <= 0 or self.batch_size < 1 or self.lr <= 0:
+      raise ValueError("t_grow, batch_size and lr must be positive")
+    if self.epochs < 0 or self.pretrain_epochs < 0:
+      raise ValueError("epochs and pretrain_epochs must be >= 0")
+
+
+# --------------------------------------------------------------------------- networks & data
+def _image_size(cfg: Config, image_shape) -> Optional[int]:
+  """Side to resize square images to, or None to keep them."""
+  h, w, c = image_shape
+  if cfg.image_size:
+    return None if (cfg.image_size == h == w) else int(cfg.image_size)
+  if cfg.backbone == "mlp" or (h % 4 == 0 and w % 4 == 0 and (c * h * w // 16) % 2 == 0):
+    return None
+  return int(-(-max(h, w) // 8) * 8)  # 28 -> 32 as the paper
+
+
+def prepare_inputs(data: Dataset, cfg: Config) -> np.ndarray:
+  """Model inputs: images (n, H, W, C) (resized when needed) or vectors (n, d), float32."""
+  if data.kind != "image":
+    return data.concat().astype(np.float32)
+  x = np.asarray(data.views[0], np.float32)
+  side = _image_size(cfg, x.shape[1:])
+  if side is not None:
+    x = np.asarray(jax.image.resize(jnp.asarray(x), (x.shape[0], side, side, x.shape[3]),
+                                    "bilinear"))
+  return x
+
+
+def make_net(cfg: Config, input_shape):
+  """The autoencoder for inputs of shape (n, ...): TAE for images unless backbone="mlp"."""
+  hidden = tuple(int(h) for h in cfg.hidden)
+  is_image = len(input_shape) == 4
+  backbone = cfg.backbone if cfg.backbone != "auto" else ("transformer" if is_image else "mlp")
+  if backbone == "transformer":
+    if not is_image:
+      raise ValueError("backbone='transformer' needs image data (n, H, W, C)")
+    return TransformerAutoencoder(tuple(input_shape[1:]), hidden=hidden, latent=cfg.latent,
+                                  depth=cfg.depth, num_heads=cfg.num_heads,
+                                  mlp_ratio=cfg.mlp_ratio, pos_encoding=cfg.pos_encoding)
+  return MLPAutoencoder(int(np.prod(input_shape[1:])), hidden=hidden, latent=cfg.latent)
+
+
+def random_rotate_shift(key: jax.Array, x: jax.Array, *, max_degrees: float = 10.0,
+                        max_shift: float = 0.1) -> jax.Array:
+  """App. F augmentation: each image rotated by U(-max_degrees, max_degrees) about its centre
+  and shifted by U(-max_shift·H, max_shift·H) pixels per axis (bilinear, zero fill).
+  x: (b, H, W, C) -> (b, H, W, C)."""
+  b, h, w, _ = x.shape
+  k1, k2 = jax.random.split(key)
+  theta = jnp.deg2rad(jax.random.uniform(k1, (b,), minval=-max_degrees, maxval=max_degrees))
+  shift = jax.random.uniform(k2, (b, 2), minval=-1.0, maxval=1.0) * max_shift * jnp.array([h, w])
+  rr, cc = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing="ij")
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+
+  def one(img, th, sh):
+    # Inverse map: output pixel -> source location.
+    yy, xx = rr - cy - sh[0], cc - cx - sh[1]
+    sy = jnp.cos(th) * yy - jnp.sin(th) * xx + cy
+    sx = jnp.sin(th) * yy + jnp.cos(th) * xx + cx
+    warp = lambda ch: jax.scipy.ndimage.map_coordinates(ch, [sy, sx], order=1, mode="constant")
+    return jax.vmap(warp, in_axes=2, out_axes=2)(img)
+
+  return jax.vmap(one)(x, theta, shift)
+
+
+# --------------------------------------------------------------------------- losses and steps
+class TrainState(NamedTuple):
+  params: Any
+  opt_state: Any
+
+
+def _rec_per_sample(x, x_hat, how):
+  """Eq. 13 per sample: ‖x - x̂‖² over all features ("sum") or its mean over features."""
+  se = jnp.reshape((x - x_hat) ** 2, (x.shape[0], -1))
+  return jnp.sum(se, axis=1) if how == "sum" else jnp.mean(se, axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def make_steps(net, cfg: Config, n_clusters: int):
+  """The jitted pieces of IDCL for one network and config.
+
+  Returns a dict of pure functions:
+    pretrain_step(state, x_all, idx, w, key) -> (state, metrics)        L_rec (Eq. 13)
+    train_step(state, x_all, p_all, anchors, anchor_labels, anchor_w, idx, w, key)
+        -> (state, metrics)                                           Eq. 14
+    embed(params, x_all) -> z (n, latent)
+    assign(z, key, prev_labels, zeta) -> dict of the epoch's clustering quantities
+        (Alg. 2 lines 5–10 and Algorithm 1's mask)
+  Cached per (net, config, k), so repeated fits reuse the compiled steps.
+  """
+  tx = optax.adam(cfg.lr)
+
+  def augment(x, key):
+    if cfg.augment and x.ndim == 4:
+      return random_rotate_shift(key, x)
+    return x
+
+  def _rec_loss(params, x, w):
+    z, x_hat = net.apply(params, x)
+    rec = _rec_per_sample(x, x_hat, cfg.rec_loss)
+    return jnp.sum(rec * w) / jnp.maximum(jnp.sum(w), 1.0), z
+
+  def pretrain_step(state, x_all, idx, w, key):
+    x = augment(x_all[idx], key)
+    (loss, _), g = jax.value_and_grad(_rec_loss, has_aux=True)(state.params, x, w)
+    upd, opt_state = tx.update(g, state.opt_state, state.params)
+    return TrainState(optax.apply_updates(state.params, upd), opt_state), {"loss_rec": loss}
+
+  def train_step(state, x_all, p_all, anchors, anchor_labels, anchor_w, idx, w, key):
+    x = augment(x_all[idx], key)
+    p = p_all[idx]
+    # Cores are constants of the epoch (Eq. 15 differentiates w.r.t. z_i only).
+    anchors = jax.lax.stop_gradient(anchors)
+
+    def loss_fn(params):
+      z, x_hat = net.apply(params, x)
+      rec = jnp.sum(_rec_per_sample(x, x_hat, cfg.rec_loss) * w) / jnp.maximum(jnp.sum(w), 1.0)
+      q = soft_assignment(core_similarity(z, anchors, anchor_labels, anchor_w,
+                                          n_clusters=n_clusters))            # Eq. 10-11
+      kl = kl_clustering_loss(p, q, weights=w)                                # Eq. 12
+      return rec + cfg.alpha * kl, {"loss_rec": rec, "loss_kl": kl}           # Eq. 14
+
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    upd, opt_state = tx.update(g, state.opt_state, state.params)
+    return TrainState(optax.apply_updates(state.params, upd), opt_state), {"loss": loss, **aux}
+
+  def embed(params, x_all):
+    enc = lambda rows, _: net.apply(params, rows, method="encode")
+    return map_row_blocks(enc, x_all, block=cfg.embed_block)
+
+  def assign(z, key, prev_labels, zeta):
+    """One pass of Algorithm 2 lines 5–10 plus the curriculum mask (Algorithm 1)."""
+    k_dc, k_km = jax.random.split(key)
+    dc = cutoff_distance(z, k_dc, lam1=cfg.lam1)
+    rho = local_density(z, dc)                                                # Eq. 1
+    delta = difficulty_scores(rho)                                            # Eq. 2
+    if cfg.kmeans_init == "warm":
+      counts = jax.ops.segment_sum(jnp.ones_like(z[:, 0]), prev_labels, num_segments=n_clusters)
+      c0 = jax.ops.segment_sum(z, prev_labels, num_segments=n_clusters)
+      c0 = c0 / jnp.maximum(counts, 1.0)[:, None]
+      km = lloyd(z, c0)
+    else:
+      km = kmeans(k_km, z, n_clusters, n_init=cfg.kmeans_n_init)
+    if cfg.assignment == "core":
+      core = density_cores(rho, km.labels, n_clusters=n_clusters, lam2=cfg.lam2)  # Eq. 9
+      anchors, anchor_labels, anchor_w = z, km.labels, core.astype(z.dtype)
+    else:
+      core = jnp.zeros(z.shape[:1], bool)
+      anchors, anchor_labels = km.centers, jnp.arange(n_clusters, dtype=jnp.int32)
+      anchor_w = jnp.ones((n_clusters,), z.dtype)
+    q = soft_assignment(core_similarity(z, anchors, anchor_labels, anchor_w,
+                                        n_clusters=n_clusters))               # Eq. 10-11
+    p = target_distribution(q)                                                # DEC target
+    y = jnp.argmax(q, axis=1).astype(jnp.int32)
+    v = select_easy(delta, y, zeta=zeta, n_clusters=n_clusters)              # Eq. 7-8
+    return {"z": z, "dc": dc, "rho": rho, "km_labels": km.labels, "core": core,
+            "anchors": anchors, "anchor_labels": anchor_labels, "anchor_w": anchor_w,
+            "p": p, "y": y, "v": v}
+
+  return {"tx": tx,
+          "pretrain_step": jax.jit(pretrain_step, donate_argnums=0),
+          "train_step": jax.jit(train_step, donate_argnums=0),
+          "embed": jax.jit(embed),
+          "assign": jax.jit(assign)}
+
+
+def alignment(new: np.ndarray, old: np.ndarray, n_clusters: int) -> np.ndarray:
+  """Permutation `perm` (k,) such that perm[new] matches `old` as well as possible: Hungarian
+  matching on the contingency table of two predicted partitions (no ground truth involved)."""
+  from scipy.optimize import linear_sum_assignment
+  cont = np.zeros((n_clusters, n_clusters), np.int64)
+  np.add.at(cont, (np.asarray(new), np.asarray(old)), 1)
+  r, c = linear_sum_assignment(-cont)
+  perm = np.arange(n_clusters)
+  perm[r] = c
+  return perm.astype(np.int32)
+
+
+def _epoch_batches(key, epoch, members: np.ndarray, batch_size: int):
+  """Index batches (idx, w) of a fixed size over a shuffled member set: full batches only
+  (the remainder is dropped; the order is reshuffled every epoch), except that a set smaller
+  than one batch forms one batch padded with zero-weight rows."""
+  order = members[epoch_permutation(key, epoch, len(members))]
+  if len(order) >= batch_size:
+    nb = len(order) // batch_size
+    for b in range(nb):
+      yield order[b * batch_size:(b + 1) * batch_size], np.ones(batch_size, np.float32)
+  elif len(order):
+    pad = batch_size - len(order)
+    yield (np.concatenate([order, np.zeros(pad, order.dtype)]),
+           np.concatenate([np.ones(len(order)), np.zeros(pad)]).astype(np.float32))
+
+
+class _Timer:
+  def __init__(self):
+    self.compile_s = 0.0
+    self.step_s = 0.0
+    self.steps = 0
+
+
+#: (jitted step, argument signature) -> (compiled executable, seconds it took to compile).
+_COMPILED: dict = {}
+
+
+def _compiled(step_fn, timer, *args):
+  """Ahead-of-time compiled step for these argument shapes (compiled once per process; the
+  compile time is recorded apart from the step time)."""
+  sig = tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(args))
+  key = (step_fn, sig, jax.tree.structure(args))
+  if key not in _COMPILED:
+    tc = time.perf_counter()
+    _COMPILED[key] = (step_fn.lower(*args).compile(), time.perf_counter() - tc)
+  exe, secs = _COMPILED[key]
+  if timer.compile_s == 0.0:
+    timer.compile_s = secs
+  return exe
+
+
+def _run_steps(step_fn, compiled, timer, state, batches, *args, key):
+  """Runs jitted steps over batches; one host sync at the end (metrics averaged)."""
+  metrics_sum, n = None, 0
+  t0 = time.perf_counter()
+  for b, (idx, w) in enumerate(batches):
+    idx, w = jnp.asarray(idx, jnp.int32), jnp.asarray(w)
+    k = jax.random.fold_in(key, b)
+    if compiled[0] is None:
+      compiled[0] = _compiled(step_fn, timer, state, *args, idx, w, k)
+      t0 = time.perf_counter()
+    state, m = compiled[0](state, *args, idx, w, k)
+    metrics_sum = m if metrics_sum is None else jax.tree.map(jnp.add, metrics_sum, m)
+    n += 1
+  if n:
+    metrics_sum = jax.tree.map(lambda a: float(a) / n, metrics_sum)  # one host sync per epoch
+  timer.step_s += time.perf_counter() - t0
+  timer.steps += n
+  return state, (metrics_sum or {}), n
+
+
+def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult:
+  """Pre-training then Algorithm 2. Returns the final model's labels and embedding."""
+  cfg = dataclasses.replace(config, hidden=tuple(int(h) for h in config.hidden))
+  cfg.validate()
+  k = int(data.n_clusters)
+  x_np = prepare_inputs(data, cfg)
+  n = x_np.shape[0]
+  x_all = jnp.asarray(x_np)
+  net = make_net(cfg, x_np.shape)
+  steps = make_steps(net, cfg, k)
+  tx = steps["tx"]
+  k_init, k_pre, k_train, k_km0 = jax.random.split(key, 4)
+  params = jax.jit(net.init)(k_init, x_all[:2])
+  info: dict = {"n_params": int(sum(a.size for a in jax.tree.leaves(params))),
+                "input_shape": list(x_np.shape[1:]), "net": type(net).__name__}
+  members_all = np.arange(n)
+
+  # ---- stage 1: pre-training on L_rec (Eq. 13) -------------------------------------------
+  state = TrainState(params, tx.init(params))
+  restored = run.restore("pretrain", state)
+  state, start = restored if restored else (state, 0)
+  pre_timer, pre_compiled = _Timer(), [None]
+  t_stage = time.perf_counter()
+  for epoch in run.epochs("pretrain", start, cfg.pretrain_epochs):
+    bs = _epoch_batches(k_pre, epoch, members_all, cfg.batch_size)
+    state, m, _ = _run_steps(steps["pretrain_step"], pre_compiled, pre_timer, state, bs, x_all,
+                             key=epoch_key(k_pre, epoch))
+    run.log("pretrain", epoch, m)
+    run.save("pretrain", epoch, state)
+  pre_epochs = max(cfg.pretrain_epochs - start, 0)
+  pre_wall = time.perf_counter() - t_stage
+  params = state.params
+
+  # ---- starting point: k-means on the pre-trained embedding ------------------------------
+  z0 = steps["embed"](params, x_all)
+  km0 = kmeans(k_km0, z0, k, n_init=cfg.kmeans_n_init)
+  init_labels = np.asarray(km0.labels)
+  run.log("init", 0, {"inertia": km0.inertia}, labels=init_labels)
+
+  # ---- stage 2: Algorithm 2 ----------------------------------------------------------------
+  tstate = {"params": params, "opt_state": tx.init(params),
+            "y_prev": jnp.asarray(init_labels, jnp.int32)}
+  restored = run.restore("train", tstate)
+  tstate, start = restored if restored else (tstate, 0)
+  tstate = jax.tree.map(jnp.asarray, tstate)
+  state = TrainState(tstate["params"], tstate["opt_state"])
+  y_prev = np.asarray(tstate["y_prev"], np.int32)
+  tr_timer, tr_compiled = _Timer(), [None]
+  assign_s, n_assign, stopped_at, epochs_run = 0.0, 0, None, 0
+  a, y, perm, z = None, init_labels, np.arange(k, dtype=np.int32), z0
+
+  def clustering_pass(params, ek, zeta):
+    """Algorithm 2 lines 4-10 (+ Algorithm 1's mask); labels aligned to the previous ones."""
+    z = steps["embed"](params, x_all)                                         # line 4
+    a = steps["assign"](z, ek, jnp.asarray(y_prev), zeta)                     # lines 5-10
+    y = np.asarray(a["y"])
+    perm = alignment(y, y_prev, k) if cfg.kmeans_init == "restart" else np.arange(k)
+    return z, a, perm[y].astype(np.int32), perm
+
+  t_stage = time.perf_counter()
+  for epoch in run.epochs("train", start, cfg.epochs):
+    k_assign, k_batch, k_steps = jax.random.split(epoch_key(k_train, epoch), 3)
+    zeta = pacing(epoch, zeta0=cfg.zeta0, zeta_max=cfg.zeta_max, t_grow=cfg.t_grow,
+                  pace=cfg.pace)                                              # Eq. 5-6
+    ta = time.perf_counter()
+    z, a, y, perm = clustering_pass(state.params, k_assign, zeta)
+    change = float(np.mean(y != y_prev))
+    v = np.asarray(a["v"])
+    assign_s += time.perf_counter() - ta
+    n_assign += 1
+    metrics = {"label_change": change, "zeta": float(zeta), "n_curriculum": int(v.sum()),
+               "dc": float(a["dc"]), "n_core": int(np.asarray(a["core"]).sum())}
+    if epoch > 0 and change < cfg.tol:                                        # lines 11-13
+      stopped_at = epoch
+      run.log("train", epoch, {**metrics, "stopped": 1}, labels=y)
+      break
+    bs = _epoch_batches(k_batch, epoch, np.flatnonzero(v), cfg.batch_size)    # Alg. 1, Eq. 8
+    state, m, _ = _run_steps(steps["train_step"], tr_compiled, tr_timer, state, bs, x_all,
+                             a["p"], a["anchors"], a["anchor_labels"], a["anchor_w"],
+                             key=k_steps)                                     # lines 15-18
+    y_prev = y
+    epochs_run += 1
+    run.log("train", epoch, {**m, **metrics}, labels=y)
+    run.save("train", epoch, {"params": state.params, "opt_state": state.opt_state,
+                              "y_prev": jnp.asarray(y_prev)})
+  train_wall = time.perf_counter() - t_stage
+
+  # ---- the final model's assignment -------------------------------------------------------
+  if cfg.epochs > 0 and stopped_at is None:
+    # After the last training epoch: one more pass with the final parameters (ζ unused).
+    k_assign = jax.random.split(epoch_key(k_train, cfg.epochs), 3)[0]
+    z, a, y, perm = clustering_pass(state.params, k_assign, jnp.float32(1.0))
+  labels = y
+
+  def per_epoch(total, count):
+    return round(total / count, 4) if count else None
+
+  info.update({
+      "epochs": epochs_run,
+      "epochs_per_stage": {"pretrain": pre_epochs, "train": epochs_run},
+      "stopped_at_epoch": stopped_at,
+      "time_per_epoch_s": {"pretrain": per_epoch(pre_wall, pre_epochs),
+                           "train": per_epoch(train_wall, n_assign)},
+      "assign_s_per_epoch": per_epoch(assign_s, n_assign),
+      "compile_s": {"pretrain_step": round(pre_timer.compile_s, 3),
+                    "train_step": round(tr_timer.compile_s, 3)},
+      "steps_per_s": {"pretrain": per_epoch(pre_timer.steps, pre_timer.step_s),
+                      "train": per_epoch(tr_timer.steps, tr_timer.step_s)},
+      "steps": {"pretrain": pre_timer.steps, "train": tr_timer.steps},
+  })
+  fstate = {"params": jax.tree.map(np.asarray, state.params)}
+  if a is not None:
+    keep = np.asarray(a["anchor_w"]) > 0
+    fstate.update(anchors=np.asarray(a["anchors"])[keep],
+                  anchor_labels=perm[np.asarray(a["anchor_labels"])[keep]])  # labels_' ids
+  return FitResult(labels=np.asarray(labels, np.int64), embedding=np.asarray(z),
+                   init_labels=init_labels.astype(np.int64), init_embedding=np.asarray(z0),
+                   state=fstate, info=info)
+
+
+def predict(net, cfg: Config, state: dict, x: np.ndarray, n_clusters: int):
+  """Embedding (n, latent) and density-core labels (n,) of new inputs with a fitted state."""
+  z = net.apply(state["params"], jnp.asarray(x), method="encode")
+  if "anchors" not in state:
+    return np.asarray(z), None
+  anchors = jnp.asarray(state["anchors"])
+  s = core_similarity(z, anchors, jnp.asarray(state["anchor_labels"]),
+                      jnp.ones(anchors.shape[:1], z.dtype), n_clusters=n_clusters)
+  return np.asarray(z), np.asarray(jnp.argmax(s, axis=1))

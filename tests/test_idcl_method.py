@@ -1,0 +1,152 @@
+"""IDCL end to end on tiny inputs: smoke fit, ablation switches, resume, estimator contract."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clustering_jax.api import get_estimator
+from clustering_jax.api.idcl import IDCL
+from clustering_jax.data import builtin
+from clustering_jax.methods import idcl as m
+from clustering_jax.nets.mlp import MLPAutoencoder
+from clustering_jax.nets.transformer import TransformerAutoencoder
+from clustering_jax.train import Run
+
+TINY = dict(hidden=(16, 16, 32), latent=4, pretrain_epochs=2, epochs=3, batch_size=64,
+            kmeans_n_init=2)
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+  d = builtin.digits()
+  keep = np.arange(200)
+  return d.replace(views=(d.views[0][keep],), labels=d.labels[keep])
+
+
+def fit(data, run=None, seed=0, **kw):
+  return IDCL(n_clusters=data.n_clusters, random_state=seed, **{**TINY, **kw}).fit(data, run=run)
+
+
+def test_registry_and_params():
+  assert get_estimator("idcl") is IDCL
+  est = IDCL(n_clusters=10)
+  assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
+  assert est.config.lr == 0.01 and est.config.pretrain_epochs == 100 and est.config.epochs == 200
+  with pytest.raises(TypeError):
+    IDCL(n_clusters=3, not_a_param=1)
+
+
+def test_smoke_fit_tiny_digits(small_digits):
+  run = Run(None)
+  est = fit(small_digits, run=run)
+  chex.assert_shape((est.labels_, est.init_labels_), (200,))
+  chex.assert_shape(est.embedding_, (200, 4))
+  assert np.isfinite(est.embedding_).all()
+  info = est.fit_info_
+  assert info["net"] == "TransformerAutoencoder"
+  assert info["epochs_per_stage"] == {"pretrain": 2, "train": info["epochs"]}
+  assert set(info["time_per_epoch_s"]) == set(info["steps_per_s"]) == {"pretrain", "train"}
+  assert info["compile_s"]["train_step"] > 0 and info["steps_per_s"]["train"] > 0
+  train_rows = [r for r in run.history if r["stage"] == "train"]
+  assert train_rows and all(np.isfinite(r["loss_kl"]) for r in train_rows if "loss_kl" in r)
+  # ζ0 = 0.6 of every cluster at the first clustering epoch (Eq. 7 with ceil per cluster)
+  assert 0.6 * 200 <= train_rows[0]["n_curriculum"] <= 0.6 * 200 + 10
+  # transform / predict on new data reuse the fitted encoder and cores
+  z = est.transform(small_digits.views[0][:5])
+  chex.assert_shape(z, (5, 4))
+  np.testing.assert_allclose(z, est.embedding_[:5], rtol=1e-4, atol=1e-4)
+  pred = est.predict(small_digits.views[0])
+  assert np.mean(pred == est.labels_) > 0.9
+
+
+def _assign(cfg, z, n_clusters=3, zeta=0.6):
+  net = m.make_net(cfg, (1, 8, 8, 1))
+  steps = m.make_steps(net, cfg, n_clusters)
+  return steps["assign"](z, jax.random.key(0), jnp.zeros(z.shape[0], jnp.int32),
+                         jnp.float32(zeta))
+
+
+def test_ablation_assignment_center_vs_core():
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(np.r_[rng.normal(0, 1, (40, 2)), rng.normal(6, 2, (40, 2))], jnp.float32)
+  core = _assign(m.Config(**TINY), z, n_clusters=2)
+  cent = _assign(m.Config(**TINY, assignment="center"), z, n_clusters=2)
+  chex.assert_shape(core["anchors"], (80, 2))   # density cores: weights over all samples
+  chex.assert_shape(cent["anchors"], (2, 2))    # k-means centers
+  assert 2 <= int(core["anchor_w"].sum()) <= 6   # ~5 % of each cluster
+  assert not np.allclose(np.asarray(core["p"]), np.asarray(cent["p"]), atol=1e-3)
+
+
+def test_ablation_pace_switches():
+  z = jnp.asarray(np.random.default_rng(1).normal(size=(60, 3)), jnp.float32)
+  v_exp = _assign(m.Config(**TINY), z, zeta=float(m.pacing(20, zeta0=0.6, zeta_max=0.95,
+                                                            t_grow=100)))["v"]
+  v_lin = _assign(m.Config(**TINY), z, zeta=float(m.pacing(20, zeta0=0.6, zeta_max=0.95,
+                                                            t_grow=100, pace="linear")))["v"]
+  assert int(v_exp.sum()) < int(v_lin.sum()) < 60   # slow-then-fast starts slower
+  all_cfg = m.Config(**TINY, pace="all")
+  zeta_all = m.pacing(0, zeta0=all_cfg.zeta0, zeta_max=all_cfg.zeta_max, t_grow=1, pace="all")
+  assert int(_assign(all_cfg, z, zeta=float(zeta_all))["v"].sum()) == 60
+
+
+def test_ablation_backbone_and_augment():
+  cfg = m.Config(**TINY)
+  assert isinstance(m.make_net(cfg, (5, 8, 8, 1)), TransformerAutoencoder)
+  assert isinstance(m.make_net(dataclasses.replace(cfg, backbone="mlp"), (5, 8, 8, 1)),
+                    MLPAutoencoder)
+  assert isinstance(m.make_net(cfg, (5, 64)), MLPAutoencoder)  # vectors
+  x = jnp.asarray(np.random.default_rng(2).uniform(size=(4, 8, 8, 1)), jnp.float32)
+  xa = m.random_rotate_shift(jax.random.key(0), x)
+  chex.assert_shape(xa, x.shape)
+  assert not np.allclose(np.asarray(xa), np.asarray(x))
+  # zero rotation and shift is the identity warp
+  xi = m.random_rotate_shift(jax.random.key(0), x, max_degrees=0.0, max_shift=0.0)
+  np.testing.assert_allclose(np.asarray(xi), np.asarray(x), atol=1e-5)
+
+
+def test_image_resize_rule():
+  cfg = m.Config()
+  assert m._image_size(cfg, (28, 28, 1)) == 32   # 7x7 patches (49 odd) -> 32x32 (App. F)
+  assert m._image_size(cfg, (16, 16, 1)) is None
+  assert m._image_size(cfg, (8, 8, 1)) is None
+
+
+def test_vector_data_uses_mlp():
+  data = builtin.blobs(n_samples=120, n_clusters=3, n_features=6)
+  est = fit(data, epochs=2)
+  assert est.fit_info_["net"] == "MLPAutoencoder"
+  chex.assert_shape(est.embedding_, (120, 4))
+  assert np.isfinite(est.embedding_).all() and set(np.unique(est.labels_)) <= {0, 1, 2}
+
+
+def test_alignment_is_a_permutation():
+  old = np.array([0, 0, 1, 1, 2, 2])
+  new = np.array([2, 2, 0, 0, 1, 1])
+  perm = m.alignment(new, old, 3)
+  np.testing.assert_array_equal(perm[new], old)
+
+
+def test_resume_matches_uninterrupted(tmp_path, small_digits):
+  class Killed(RuntimeError):
+    pass
+
+  class KillingRun(Run):
+    def log(self, stage, epoch, metrics, **kw):
+      if stage == "train" and epoch == 2:
+        raise Killed()
+      return super().log(stage, epoch, metrics, **kw)
+
+  kw = dict(epochs=4, tol=0.0)
+  ref = fit(small_digits, run=Run(None), **kw)
+  with pytest.raises(Killed):
+    fit(small_digits, run=KillingRun(tmp_path, checkpoint_every=1), **kw)
+  run = Run(tmp_path, checkpoint_every=1)
+  resumed = fit(small_digits, run=run, **kw)
+  run.close()
+  assert [r["epoch"] for r in run.history if r["stage"] == "train"][0] == 2
+  np.testing.assert_array_equal(resumed.labels_, ref.labels_)
+  np.testing.assert_allclose(resumed.embedding_, ref.embedding_, rtol=1e-5, atol=1e-5)
