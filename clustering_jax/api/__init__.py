@@ -13,6 +13,7 @@ from clustering_jax.api.base import ClusteringEstimator
 
 _REGISTRY = {
     "kmeans": ("clustering_jax.api.kmeans", "KMeans"),
+    "spectral": ("clustering_jax.api.spectral", "Spectral"),
     "idcl": ("clustering_jax.api.idcl", "IDCL"),
     "ulhe": ("clustering_jax.api.ulhe", "ULHE"),
     "largemvc": ("clustering_jax.api.largemvc", "LargeMvC"),
