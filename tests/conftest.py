@@ -38,7 +38,3 @@ def sklearn_digits(digits_flat):
   from sklearn.cluster import KMeans
   return KMeans(10, n_init=10, random_state=0).fit(digits_flat[0])
 
-
-# The estimator's call signature of ops.kmeans; tests that call kmeans on digits use the same
-# static arguments so the compiled function is shared (jit keys on the keywords passed).
-KMEANS_DEFAULTS = {"n_init": 10, "max_iter": 300, "tol": 1e-4, "metric": "euclidean"}

@@ -62,6 +62,22 @@ def test_images_of_wrong_rank(shape):
             kind="image")
 
 
+def test_image_data_single_view():
+  img = np.zeros((6, 4, 4, 1), np.float32)
+  with pytest.raises(DataError, match="image data holds exactly one view"):
+    Dataset(views=(img, img), labels=None, name="t", n_clusters=2, kind="image")
+
+
+def test_bad_mask():
+  v = _views()
+  with pytest.raises(DataError, match=r"mask shape \(12, 3\) != \(n, n_views\) = \(12, 2\)"):
+    Dataset(views=v, labels=None, name="t", n_clusters=2, mask=np.ones((12, 3), bool))
+  mask = np.ones((12, 2), bool)
+  mask[4] = False
+  with pytest.raises(DataError, match="every sample needs at least one present view"):
+    Dataset(views=v, labels=None, name="t", n_clusters=2, mask=mask)
+
+
 def test_labels_of_wrong_length():
   with pytest.raises(DataError, match=r"labels shape \(11,\) != \(12,\)"):
     Dataset(views=_views(), labels=np.zeros(11, np.int64), name="t", n_clusters=2)

@@ -10,10 +10,12 @@ import pytest
 from sklearn.cluster import KMeans as SkKMeans
 
 from clustering_jax.data import load_dataset, scale_views
-from conftest import KMEANS_DEFAULTS
 from clustering_jax.ops import assign, kmeans, kmeans_plusplus, lloyd, normalize
 
 KEY = jax.random.key(0)
+# The estimator's call of ops.kmeans passes all of these; jit keys its cache on the keywords
+# passed, so tests pass the same ones to share one compiled function per shape across files.
+KMEANS_DEFAULTS = {"n_init": 10, "max_iter": 300, "tol": 1e-4, "metric": "euclidean"}
 # Most tests share one shape, k and n_init so the jitted kmeans compiles once per metric.
 N, D, K, N_INIT = 60, 3, 3, 2
 KW = dict(KMEANS_DEFAULTS, n_init=N_INIT)      # the estimator passes every keyword

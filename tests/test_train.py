@@ -10,11 +10,13 @@ import pytest
 
 from clustering_jax.nets import MLPAutoencoder
 from clustering_jax.ops import kmeans
-from conftest import KMEANS_DEFAULTS
 from clustering_jax.train import (NonFiniteError, Run, batches, epoch_key, epoch_permutation,
                                   n_batches)
 
 KEY = jax.random.key(0)
+# The estimator's call of ops.kmeans passes all of these; jit keys its cache on the keywords
+# passed, so tests pass the same ones to share one compiled function per shape across files.
+KMEANS_DEFAULTS = {"n_init": 10, "max_iter": 300, "tol": 1e-4, "metric": "euclidean"}
 
 
 # -- batching -----------------------------------------------------------------------------------
