@@ -1,0 +1,140 @@
+"""ULHE-DC method and estimator: a shrunk-config smoke run, the stop rule, the self-paced
+schedule, the ablation switches, init, determinism and the estimator contract."""
+
+import dataclasses
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from clustering_jax import metrics
+from clustering_jax.api import get_estimator
+from clustering_jax.data import from_arrays
+from clustering_jax.methods import ulhe
+from clustering_jax.train import Run
+
+TINY = dict(hidden=(16, 16, 32), latent=4, pretrain_epochs=3, pretrain_batch_size=32,
+            cluster_epochs=6, batch_size=32, kmeans_n_init=2, pretrain_optimizer="adam",
+            pretrain_lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+  rng = np.random.default_rng(0)
+  centers = rng.uniform(0, 1, (3, 12))
+  y = np.repeat(np.arange(3), 32)
+  x = np.clip(centers[y] + 0.05 * rng.normal(size=(96, 12)), 0, 1).astype(np.float32)
+  return from_arrays(x, n_clusters=3), y
+
+
+def _fit(data, seed=0, run=None, **over):
+  cfg = ulhe.Config(**{**TINY, **over})
+  return ulhe.fit(data, cfg, key=jax.random.key(seed), run=run or Run(None)), cfg
+
+
+@pytest.fixture(scope="module")
+def smoke(blobs):
+  data, y = blobs
+  run = Run(None, score_fn=lambda lab: {"acc": metrics.accuracy(y, lab)})
+  res, cfg = _fit(data, run=run, eta=0.0)
+  return res, run, cfg
+
+
+def test_smoke_run_shapes_and_info(smoke, blobs):
+  res, run, _ = smoke
+  chex.assert_shape(res.labels, (96,))
+  chex.assert_shape(res.init_labels, (96,))
+  chex.assert_shape(res.embedding, (96, 4))
+  chex.assert_tree_all_finite(res.embedding)
+  np.testing.assert_allclose(np.linalg.norm(res.embedding, axis=1), 1.0, atol=1e-5)
+  assert set(np.unique(res.labels)) <= {0, 1, 2}
+  info = res.info
+  assert info["pretrain_epochs_run"] == 3 and info["cluster_epochs_run"] == 6
+  for key in ("pretrain_epoch_s", "cluster_epoch_s", "compile_s", "pretrain_steps_per_s"):
+    assert info[key] is not None and info[key] >= 0
+  stages = [r["stage"] for r in run.history]
+  assert stages.count("pretrain") == 3 and stages.count("init") == 1
+  assert stages.count("cluster") == 6
+  for r in run.history:
+    for v in r.values():
+      assert not isinstance(v, float) or np.isfinite(v)
+  # Well-separated blobs: the cosine k-means start and the final model both find them.
+  y = blobs[1]
+  assert metrics.accuracy(y, res.init_labels) > 0.9
+  assert metrics.accuracy(y, res.labels) > 0.9
+
+
+def test_self_paced_schedule_grows_easy_to_hard(smoke):
+  _, run, _ = smoke
+  rows = [r for r in run.history if r["stage"] == "cluster"]
+  assert [r["spl_step"] for r in rows] == [0, 0, 1, 1, 2, 2]
+  n_train = [r["n_train"] for r in rows]
+  assert n_train[0] < n_train[2] < n_train[4] == 96
+  assert n_train[0] == 3 * 11                            # ceil(32 / 3) per cluster
+
+
+def test_stop_rule_ends_training(blobs):
+  data, _ = blobs
+  # eta = 1.01: any change rate passes Eq. 14, so with one schedule step training stops at
+  # the first check after a w-update (epoch 1), not at epoch 0 (s^(0) from k-means).
+  res, _ = _fit(data, eta=1.01, spl_steps=1, pretrain_epochs=1)
+  assert res.info["stopped_by_rule"] and res.info["stop_epoch"] == 1
+  assert res.info["cluster_epochs_run"] == 1
+  # Before the last step the rule advances the schedule instead of stopping.
+  res, _ = _fit(data, eta=1.01, spl_steps=3, pretrain_epochs=1)
+  adv = res.info["spl_advances"]
+  assert [a["step"] for a in adv] == [1, 2] and all(a["by_stop_rule"] for a in adv)
+  assert res.info["stop_epoch"] == 3
+
+
+@pytest.mark.parametrize("unif,cmpt", [(False, True), (True, False), (False, False)])
+def test_ablation_switches_change_the_objective(blobs, unif, cmpt):
+  data, _ = blobs
+  run = Run(None)
+  _fit(data, run=run, use_unif=unif, use_cmpt=cmpt, pretrain_epochs=1, cluster_epochs=2,
+       eta=0.0)
+  cfg = ulhe.Config()
+  for r in (r for r in run.history if r["stage"] == "cluster"):
+    ref = r["clus"] + cfg.lambda0 * r["norm"]
+    ref += cfg.lambda1 * r["unif"] * unif + cfg.lambda2 * r["cmpt"] * cmpt
+    # Per-batch loss is linear in the terms, so the epoch means obey the same sum.
+    assert r["loss"] == pytest.approx(ref, rel=1e-4, abs=1e-6)
+    assert r["unif"] > 0                                 # computed (logged) either way
+
+
+def test_torch_linear_init_bounds():
+  cfg = ulhe.Config(hidden=(8, 6), latent=3)
+  params = ulhe.init_params(cfg, jax.random.key(0), 20)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    layer = params
+    for p in path[:-1]:
+      layer = layer[p.key]
+    bound = 1 / np.sqrt(layer["kernel"].shape[0])
+    assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.5 * bound
+
+
+def test_estimator_contract_and_determinism(blobs, smoke):
+  data, _ = blobs
+  est_cls = get_estimator("ulhe")
+  assert est_cls.epochs_field == "cluster_epochs"
+  est = est_cls(n_clusters=3, random_state=0, scaling="none", eta=0.0, **TINY)
+  est.fit(data.views[0])
+  # Same seed, same data -> the same labels as the method-level smoke run.
+  np.testing.assert_array_equal(est.labels_, smoke[0].labels)
+  # predict is Eq. 6 with the final encoder and centroids: it reproduces labels_.
+  np.testing.assert_array_equal(est.predict(data.views[0]), est.labels_)
+  emb = est.transform(data.views[0])
+  chex.assert_shape(emb, (96, 4))
+  np.testing.assert_allclose(emb, est.embedding_, atol=1e-5)
+  with pytest.raises(TypeError):
+    est_cls(n_clusters=3, no_such_param=1)
+
+
+def test_bad_config_values(blobs):
+  data, _ = blobs
+  with pytest.raises(ValueError):
+    _fit(data, spl_steps=0)
+  with pytest.raises(ValueError):
+    _fit(data, pretrain_optimizer="rmsprop")
+  assert dataclasses.asdict(ulhe.Config())["lambda1"] == 0.08
