@@ -245,3 +245,18 @@ def test_resume_gives_same_params_and_labels(tmp_path):
   init = _init(jax.random.split(jax.random.key(0), 3)[0], x[:1])
   assert not np.array_equal(np.asarray(jax.tree.leaves(init)[0]),
                             np.asarray(jax.tree.leaves(state_a["params"])[0]))
+
+
+def test_resume_drops_log_rows_past_the_checkpoint(tmp_path):
+  from clustering_jax.train import Run
+  run = Run(tmp_path, checkpoint_every=2)
+  state = {"w": np.zeros(3, np.float32)}
+  for e in range(3):  # checkpoint after epoch 1 only; epoch 2 is logged but not saved
+    run.log("train", e, {"loss": float(e)})
+    run.save("train", e, state)
+  run.close()
+  again = Run(tmp_path, checkpoint_every=2)
+  _, start = again.restore("train", state)
+  assert start == 2
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == [0, 1]

@@ -14,7 +14,7 @@ def epoch_key(key: jax.Array, epoch: int) -> jax.Array:
 
 
 def epoch_permutation(key: jax.Array, epoch: int, n: int) -> np.ndarray:
-  """Shuffled sample order for one epoch, (n,) int64; same (key, epoch) -> same order."""
+  """Shuffled sample order for one epoch, (n,) int32; same (key, epoch) -> same order."""
   return np.asarray(jax.random.permutation(epoch_key(key, epoch), n))
 
 

@@ -154,7 +154,17 @@ class Run:
     state = jax.tree.map(
         lambda r, a: (jax.random.wrap_key_data(np.asarray(r), impl=jax.random.key_impl(a))
                       if _is_key(a) else np.asarray(r, dtype=np.asarray(a).dtype)), state, like)
+    self._drop_logged_after(stage, step)
     return state, step + 1
+
+  def _drop_logged_after(self, stage: str, epoch: int) -> None:
+    """Forgets log rows of `stage` past the restored epoch: they will be run and logged again."""
+    keep = lambda row: not (row.get("stage") == stage and row.get("epoch", -1) > epoch)
+    self.history = [r for r in self.history if keep(r)]
+    path = self.out_dir / "metrics.jsonl" if self.out_dir else None
+    if path is not None and path.exists():
+      rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+      path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
   def close(self):
     for m in self._managers.values():
