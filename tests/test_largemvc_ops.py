@@ -30,6 +30,9 @@ def test_soft_threshold_relu_is_l1_prox():
   obj = lambda z: 0.5 * (z - a) ** 2 + theta * np.abs(z)
   for eps in (1e-2, -1e-2, 0.3, -0.3):
     assert np.all(obj(np.asarray(out)) <= obj(np.asarray(out) + eps) + 1e-6)
+  # one-sided: prox of theta*||.||_1 + indicator(z >= 0)
+  np.testing.assert_allclose(soft_threshold(a, theta, nonnegative=True),
+                             np.maximum(a - theta, 0), atol=1e-6)
 
 
 def test_soft_threshold_selu_formula_and_eager_equals_jit():

@@ -49,6 +49,7 @@ class Config:
   n_layers: int = 2                  # L; §4.3.3: best at 2 layers
   n_anchors: Optional[int] = None    # m; None -> c (§4.3.3: best at m = c)
   activation: str = "relu"           # sigma of S_theta and D_rho (Eq. 11-12): relu | selu
+  nonnegative: bool = False          # S_theta one-sided (H >= 0 of Problem (3)); Eq. 11 is two-sided
   shrink: str = "row"                # D_rho per sample row (Eq. 12) | "matrix" (public code)
   procrustes_grad: str = "stop"      # "stop" (public code) | "svd" (differentiate the SVD)
   variant: str = "full"              # full | amvc (no NoiseModule) | rmvc (RepresentModule only)
@@ -93,7 +94,7 @@ def check_config(cfg: Config) -> None:
 
 # -- the network: pure functions ----------------------------------------------------
 
-def represent(h, xs, es, ps, mask, r, u, theta, *, activation="relu"):
+def represent(h, xs, es, ps, mask, r, u, theta, *, activation="relu", nonnegative=False):
   """RepresentModule, Eq. 11, averaged over the views present for each sample.
 
   h: (n, m); xs, es: V x (n, d_v) (es may be None: no NoiseModule); ps: V x (m, d_v);
@@ -106,7 +107,7 @@ def represent(h, xs, es, ps, mask, r, u, theta, *, activation="relu"):
     rv = r if r.ndim == 2 else r[v]
     uv = u if u.ndim == 2 else u[v]
     acc = acc + mask[:, v:v + 1] * soft_threshold(h @ rv + (resid @ p.T) @ uv, theta,
-                                                  activation=activation)
+                                                  activation=activation, nonnegative=nonnegative)
   return acc / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)  # 1/|V_i| sum_v
 
 
@@ -138,7 +139,8 @@ def forward(params, batch: Batch, cfg: Config):
   es = batch.e0s if cfg.variant == "full" else None
   for layer in range(cfg.n_layers):
     h = represent(h, batch.xs, es, ps, batch.mask, params["R"], params["U"],
-                  params["theta"][layer], activation=cfg.activation)           # Eq. 11
+                  params["theta"][layer], activation=cfg.activation,
+                  nonnegative=cfg.nonnegative)                                  # Eq. 11
     if cfg.variant == "full":
       es = noise(h, batch.xs, ps, batch.mask, params["rho"][layer],
                  activation=cfg.activation, mode=cfg.shrink)                   # Eq. 12

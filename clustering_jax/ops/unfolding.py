@@ -23,11 +23,14 @@ def _activation(name: str):
   return ACTIVATIONS[name]
 
 
-def soft_threshold(a: jax.Array, theta, *, activation: str = "relu") -> jax.Array:
+def soft_threshold(a: jax.Array, theta, *, activation: str = "relu",
+                   nonnegative: bool = False) -> jax.Array:
   """Learnable soft-thresholding S_theta of Eq. 11, elementwise.
 
   S_theta(a) = sigma(a - theta) - sigma(-a - theta). With sigma = ReLU this is the
   proximal operator of theta * ||.||_1, sign(a) * max(|a| - theta, 0).
+  nonnegative=True keeps only sigma(a - theta): with ReLU the proximal operator of
+  theta * ||.||_1 under the constraint H >= 0 of Problems (1)-(3), which Eq. 11 drops.
 
   Args:
     a: any shape. theta: scalar or broadcastable to a (the threshold alpha / L_p).
@@ -36,6 +39,8 @@ def soft_threshold(a: jax.Array, theta, *, activation: str = "relu") -> jax.Arra
     array of a's shape.
   """
   sigma = _activation(activation)
+  if nonnegative:
+    return sigma(a - theta)
   return sigma(a - theta) - sigma(-a - theta)
 
 
