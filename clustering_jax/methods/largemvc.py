@@ -166,7 +166,9 @@ def reconstruction_loss(h, xs, ps, mask):
 def loss_fn(params, batch: Batch, cfg: Config):
   h, es, ps = forward(params, batch, cfg)
   loss, per_view = reconstruction_loss(h, batch.xs, ps, batch.mask)
-  aux = {"loss": loss, "h_zero_frac": jnp.mean(h == 0.0)}
+  valid = (jnp.sum(batch.mask, axis=1) > 0).astype(h.dtype)   # not a padding row
+  h_zero = jnp.sum(valid[:, None] * (h == 0.0)) / jnp.maximum(jnp.sum(valid) * h.shape[1], 1.0)
+  aux = {"loss": loss, "h_zero_frac": h_zero}
   for v in range(len(batch.xs)):
     aux[f"mse_v{v}"] = per_view[v]
     if es is not None:
