@@ -176,7 +176,8 @@ def test_more_anchors_than_clusters_and_config_errors():
   chex.assert_shape(res.embedding, (100, 6))
   assert res.labels.max() < 3 and res.init_labels.max() < 3
   for bad in ({"variant": "x"}, {"shrink": "col"}, {"activation": "tanh"}, {"n_layers": 0},
-              {"procrustes_grad": "x"}, {"shard": "tpu"}, {"rho_init": "mean"}):
+              {"procrustes_grad": "x"}, {"shard": "tpu"}, {"rho_init": "mean"},
+              {"anchor_multiple": 0}):
     with pytest.raises(ValueError):
       L.check_config(dataclasses.replace(L.Config(), **bad))
 

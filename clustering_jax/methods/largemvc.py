@@ -47,7 +47,8 @@ class Config:
   epochs: int = 100                  # §4.1.2: 100 epochs
   lr: float = 0.01                   # §4.1.2: learning rate 0.01 (optimizer: Adam, not stated)
   n_layers: int = 2                  # L; §4.3.3: best at 2 layers
-  n_anchors: Optional[int] = None    # m; None -> c (§4.3.3: best at m = c)
+  n_anchors: Optional[int] = None    # m; None -> anchor_multiple * c (§4.3.3: best at m = c)
+  anchor_multiple: int = 1           # m = anchor_multiple * c when n_anchors is None (§4.1.2: 1-3)
   activation: str = "relu"           # sigma of S_theta and D_rho (Eq. 11-12): relu | selu
   nonnegative: bool = False          # S_theta one-sided (H >= 0 of Problem (3)); Eq. 11 is two-sided
   shrink: str = "row"                # D_rho per sample row (Eq. 12) | "matrix" (public code)
@@ -86,6 +87,9 @@ def check_config(cfg: Config) -> None:
     raise ValueError(f"n_layers must be >= 1, got {cfg.n_layers}")
   if cfg.epochs < 0:
     raise ValueError(f"epochs must be >= 0, got {cfg.epochs}")
+  if cfg.anchor_multiple < 1 or (cfg.n_anchors is not None and cfg.n_anchors < 1):
+    raise ValueError(f"need n_anchors >= 1 and anchor_multiple >= 1, got {cfg.n_anchors}, "
+                     f"{cfg.anchor_multiple}")
   if cfg.lipschitz <= 0:
     raise ValueError(f"lipschitz must be > 0, got {cfg.lipschitz}")
   if not (cfg.rho_init == "median" or isinstance(cfg.rho_init, (int, float))):
@@ -211,7 +215,7 @@ def initialize(key, xs, mask, n_clusters: int, cfg: Config):
 
   Returns (h0 (n, m), e0s, p0s, init_labels (n,), info).
   """
-  m = cfg.n_anchors or n_clusters
+  m = cfg.n_anchors or cfg.anchor_multiple * n_clusters
   k_emb, k_km, k_km2 = jax.random.split(key, 3)
   t0 = time.perf_counter()
   z = jnp.asarray(standardized_concat(xs, np.asarray(mask)))
