@@ -161,6 +161,10 @@ def test_core_similarity_and_q_match_numpy(emb):
   np.testing.assert_allclose(np.asarray(s), ref, rtol=1e-4)
   q = soft_assignment(s)
   np.testing.assert_allclose(np.asarray(q), ref / ref.sum(1, keepdims=True), rtol=1e-4)
+  sm = core_similarity(jnp.asarray(z[:7]), jnp.asarray(z), jnp.asarray(lab), jnp.asarray(w),
+                       n_clusters=3, reduce="mean")
+  sizes = np.array([w[lab == c].sum() for c in range(3)])
+  np.testing.assert_allclose(np.asarray(sm), ref / sizes, rtol=1e-4)
 
 
 def test_target_distribution_matches_dec():

@@ -46,20 +46,32 @@ class PositionEncoding(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-  """Post-norm block: x = LN(x + MHA(x)); x = LN(x + FFN(x)) (Vaswani et al. 2017)."""
+  """Transformer encoder block (Vaswani et al. 2017): attention and a ReLU FFN, each with a
+  residual connection and LayerNorm.
+
+  norm_first=True (default, as ViT): x = x + MHA(LN(x)); x = x + FFN(LN(x)). The residual
+  stream is never normalized, which matters here: a token is one patch of C·ph·pw values
+  (4 on 8×8 digits), and post-norm LN(x + ·) would remove each patch's mean and scale.
+  norm_first=False: Vaswani's post-norm x = LN(x + MHA(x)); x = LN(x + FFN(x)).
+  """
 
   num_heads: int
   mlp_ratio: int = 4
+  norm_first: bool = True
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"token dim {d} is not divisible by num_heads={self.num_heads}")
-    x = nn.LayerNorm()(x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads)(x, x))
-    h = nn.Dense(self.mlp_ratio * d)(x)
-    h = nn.Dense(d)(nn.relu(h))
-    return nn.LayerNorm()(x + h)
+    attn = nn.MultiHeadDotProductAttention(num_heads=self.num_heads)
+    ffn = lambda h: nn.Dense(d)(nn.relu(nn.Dense(self.mlp_ratio * d)(h)))
+    if self.norm_first:
+      h = nn.LayerNorm()(x)
+      x = x + attn(h, h)
+      return x + ffn(nn.LayerNorm()(x))
+    x = nn.LayerNorm()(x + attn(x, x))
+    return nn.LayerNorm()(x + ffn(x))
 
 
 def patch_grid(image_shape: Sequence[int], grid: int = 4):
@@ -99,6 +111,7 @@ class TransformerAutoencoder(nn.Module):
     embed_dim: token size I_e; None = C·H/4·W/4 (the paper's patch-embedding size).
     grid: patches per side (paper: 4, i.e. 16 patches).
     pos_encoding: "sinusoidal" (App. F) or "learned".
+    norm_first: pre-norm blocks (default) or Vaswani's post-norm (see TransformerBlock).
   """
 
   image_shape: Sequence[int]
@@ -110,6 +123,7 @@ class TransformerAutoencoder(nn.Module):
   embed_dim: int | None = None
   grid: int = 4
   pos_encoding: str = "sinusoidal"
+  norm_first: bool = True
 
   def setup(self):
     h, w, c = self.image_shape
@@ -121,11 +135,12 @@ class TransformerAutoencoder(nn.Module):
     # map; cheaper on CPU than a strided conv).
     self.patch_embed = nn.Dense(self._dim)
     self.enc_pos = PositionEncoding(self.pos_encoding)
-    self.enc_blocks = [TransformerBlock(self.num_heads, self.mlp_ratio) for _ in range(self.depth)]
+    block = lambda: TransformerBlock(self.num_heads, self.mlp_ratio, self.norm_first)
+    self.enc_blocks = [block() for _ in range(self.depth)]
     self.enc_linear = MLP(tuple(self.hidden) + (self.latent,))
     self.dec_linear = MLP(tuple(reversed(self.hidden)) + (m,))
     self.dec_pos = PositionEncoding(self.pos_encoding)
-    self.dec_blocks = [TransformerBlock(self.num_heads, self.mlp_ratio) for _ in range(self.depth)]
+    self.dec_blocks = [block() for _ in range(self.depth)]
     self.unpatch = nn.Dense(ph * pw * c)
 
   def encode(self, x: jax.Array) -> jax.Array:

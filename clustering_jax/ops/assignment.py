@@ -13,7 +13,8 @@ _TINY = 1e-30
 
 
 def core_similarity(z: jax.Array, anchors: jax.Array, anchor_labels: jax.Array,
-                    anchor_weights: jax.Array, *, n_clusters: int) -> jax.Array:
+                    anchor_weights: jax.Array, *, n_clusters: int,
+                    reduce: str = "sum") -> jax.Array:
   """Density-core similarity, Eq. 10: s_ik = Σ_{x_j ∈ C_k^core} (1 + ‖z_i - z_j‖²)^-1.
 
   The cores are given as a fixed-size set of anchors with weights (1 for a core member, 0
@@ -24,6 +25,8 @@ def core_similarity(z: jax.Array, anchors: jax.Array, anchor_labels: jax.Array,
   Args:
     z: (b, d) embeddings. anchors: (m, d). anchor_labels: (m,) int cluster of each anchor.
     anchor_weights: (m,) float (0/1 core mask).
+    reduce: "sum" (Eq. 10 as printed) or "mean" (divided by the core's size |C_k^core|, so
+      a cluster's similarity does not grow with the size of its core; an empty core gives 0).
   Returns:
     (b, n_clusters) float32 similarities >= 0.
   """
@@ -34,7 +37,13 @@ def core_similarity(z: jax.Array, anchors: jax.Array, anchor_labels: jax.Array,
                      f"{anchor_weights.shape} must be ({anchors.shape[0]},)")
   kernel = 1.0 / (1.0 + sq_dists(z, anchors))                                     # (b, m)
   member = jax.nn.one_hot(anchor_labels, n_clusters, dtype=z.dtype) * anchor_weights[:, None]
-  return kernel @ member                                                           # Eq. 10
+  s = kernel @ member                                                              # Eq. 10
+  if reduce == "mean":
+    size = jnp.sum(member, axis=0)
+    s = jnp.where(size > 0, s / jnp.maximum(size, _TINY), 0.0)
+  elif reduce != "sum":
+    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+  return s
 
 
 def soft_assignment(s: jax.Array) -> jax.Array:
