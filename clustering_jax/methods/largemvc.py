@@ -58,6 +58,7 @@ class Config:
   theta_init: float = 0.1            # theta = alpha / L_p at init (alpha not given in the paper)
   rho_init: Union[float, str] = "median"  # rho_v = beta / L_q at init; "median": median residual row norm
   spectral_graph: str = "auto"       # init graph: auto | knn | anchor (ops.spectral)
+  init_standardize: bool = True      # init features: z-scored, views weighted 1/sqrt(d_v) | as given
   knn_k: int = 10                    # neighbours of the init kNN graph
   kmeans_n_init: int = 10            # restarts of every k-means (init and final)
   shard: str = "auto"                # auto (devices when > 1) | none | devices
@@ -218,7 +219,10 @@ def initialize(key, xs, mask, n_clusters: int, cfg: Config):
   m = cfg.n_anchors or cfg.anchor_multiple * n_clusters
   k_emb, k_km, k_km2 = jax.random.split(key, 3)
   t0 = time.perf_counter()
-  z = jnp.asarray(standardized_concat(xs, np.asarray(mask)))
+  if cfg.init_standardize:
+    z = jnp.asarray(standardized_concat(xs, np.asarray(mask)))
+  else:  # the (min-max) scaled views side by side, missing blocks at 0
+    z = jnp.concatenate([mask[:, v:v + 1] * x for v, x in enumerate(xs)], axis=1)
   emb, evals = spectral_embedding(k_emb, z, n_clusters, method=cfg.spectral_graph, k=cfg.knn_k)
   init = kmeans(k_km, emb, n_clusters, n_init=cfg.kmeans_n_init)
   labels_m = init.labels if m == n_clusters else kmeans(
