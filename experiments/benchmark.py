@@ -86,6 +86,16 @@ def summarize(method, dataset, tag, seeds, results, command) -> dict:
   return row
 
 
+def _setting(row) -> str:
+  """The tag, else the --config file's stem, else 'default'."""
+  if row.get("tag"):
+    return row["tag"]
+  parts = shlex.split(row.get("command", ""))
+  if "--config" in parts[:-1]:
+    return "config " + Path(parts[parts.index("--config") + 1]).stem
+  return "default"
+
+
 def _fmt(mean, std, pct=True):
   if mean is None:
     return "–"
@@ -116,7 +126,7 @@ def regenerate(results_dir: Path = RESULTS) -> list:
         f"{100 * p['acc']:.1f} / {100 * p['nmi']:.1f}" if "nmi" in p else f"{100 * p['acc']:.1f}"
         for p in refs) or "–"
     lines.append(
-        f"| {r['dataset']} | {r['method']} | {r.get('tag') or 'default'} | {len(r['seeds'])} | "
+        f"| {r['dataset']} | {r['method']} | {_setting(r)} | {len(r['seeds'])} | "
         f"{_fmt(r['acc_mean'], r['acc_std'])} | {_fmt(r['nmi_mean'], r['nmi_std'])} | "
         f"{_fmt(r['ari_mean'], r['ari_std'])} | "
         f"{_fmt(r.get('init_acc_mean'), r.get('init_acc_std'))} | "
@@ -131,10 +141,10 @@ def regenerate(results_dir: Path = RESULTS) -> list:
   for r in rows:
     if r.get("timings"):
       t = ", ".join(f"{k} {v:.3g}" for k, v in r["timings"].items() if v is not None)
-      lines.append(f"- {r['method']} / {r['dataset']} {r.get('tag') or ''}: {t}")
+      lines.append(f"- {r['method']} / {r['dataset']} ({_setting(r)}): {t}")
   lines += ["", "## Commands", ""]
   for r in rows:
-    lines.append(f"- {r['method']} / {r['dataset']} {r.get('tag') or ''} "
+    lines.append(f"- {r['method']} / {r['dataset']} ({_setting(r)}) "
                  f"({r['machine']}, {r['jax_backend']}, {r['date']}): `{r['command']}`")
   (results_dir / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
   return rows
