@@ -260,3 +260,12 @@ def test_resume_drops_log_rows_past_the_checkpoint(tmp_path):
   assert start == 2
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in rows] == [0, 1]
+
+
+def test_batch_matrix_fixed_shape_and_small_sets():
+  from clustering_jax.train import batch_matrix
+  m = batch_matrix(np.arange(10), 4)
+  np.testing.assert_array_equal(m, [[0, 1, 2, 3], [4, 5, 6, 7]])
+  np.testing.assert_array_equal(batch_matrix(np.arange(3), 8), [[0, 1, 2]])
+  with pytest.raises(ValueError):
+    batch_matrix(np.arange(3), 0)

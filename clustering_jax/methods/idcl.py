@@ -38,7 +38,7 @@ from clustering_jax.ops.density import (cutoff_distance, density_cores, difficul
                                         local_density)
 from clustering_jax.ops.distances import map_row_blocks
 from clustering_jax.ops.kmeans import kmeans, lloyd
-from clustering_jax.train.batching import epoch_key, epoch_permutation
+from clustering_jax.train.batching import batch_matrix, epoch_key, epoch_permutation
 from clustering_jax.train.run import Run
 
 
@@ -327,9 +327,8 @@ def _epoch_batches(key, epoch, members: np.ndarray, batch_size: int):
   than one batch forms one batch padded with zero-weight rows."""
   order = members[epoch_permutation(key, epoch, len(members))]
   if len(order) >= batch_size:
-    nb = len(order) // batch_size
-    for b in range(nb):
-      yield order[b * batch_size:(b + 1) * batch_size], np.ones(batch_size, np.float32)
+    for idx in batch_matrix(order, batch_size):
+      yield idx, np.ones(batch_size, np.float32)
   elif len(order):
     pad = batch_size - len(order)
     yield (np.concatenate([order, np.zeros(pad, order.dtype)]),

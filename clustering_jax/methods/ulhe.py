@@ -28,7 +28,7 @@ from clustering_jax.methods.base import FitResult
 from clustering_jax.nets.mlp import MLPAutoencoder
 from clustering_jax.ops import hypersphere as hs
 from clustering_jax.ops.kmeans import kmeans
-from clustering_jax.train.batching import epoch_permutation
+from clustering_jax.train.batching import batch_matrix, epoch_permutation
 from clustering_jax.train.run import Run
 
 EMBED_CHUNK = 8192
@@ -135,14 +135,6 @@ def _optimizer(name: str, lr: float, momentum: float, clip_norm: float = 0.0):
   return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm > 0 else tx
 
 
-def _batch_index(order: np.ndarray, batch_size: int) -> np.ndarray:
-  """(n_batches, B) index matrix: fixed batch shape, the last short batch dropped
-  (reshuffled every epoch, so every sample is used); a set smaller than B is one batch."""
-  b = min(batch_size, len(order))
-  nb = len(order) // b
-  return np.asarray(order[:nb * b]).reshape(nb, b)
-
-
 # -- jitted epochs -------------------------------------------------------------
 def make_pretrain_epoch(net: MLPAutoencoder, tx, rec_reduction: str):
   """One pre-training epoch as a scan over mini-batches: minimizes Eq. 3."""
@@ -228,7 +220,7 @@ def pretrain(net, cfg: Config, x: jax.Array, key: jax.Array, run: Run, params, *
   times = []
   for epoch in run.epochs("pretrain", start, cfg.pretrain_epochs):
     t0 = time.perf_counter()
-    idx = _batch_index(epoch_permutation(key, epoch, n), cfg.pretrain_batch_size)
+    idx = batch_matrix(epoch_permutation(key, epoch, n), cfg.pretrain_batch_size)
     c0 = epoch_fn.compile_s
     state, m = epoch_fn(state, x, jnp.asarray(idx))
     m = jax.device_get(m)                            # one host sync per epoch
@@ -245,7 +237,7 @@ def pretrain(net, cfg: Config, x: jax.Array, key: jax.Array, run: Run, params, *
     run.save("pretrain", epoch, state, force=epoch + 1 == cfg.pretrain_epochs)
   info = {"pretrain_epochs": int(cfg.pretrain_epochs), "pretrain_epochs_run": len(times),
           "pretrain_epoch_s": _median(times), "pretrain_compile_s": epoch_fn.compile_s,
-          "pretrain_steps_per_s": (int(_batch_index(np.arange(n), cfg.pretrain_batch_size)
+          "pretrain_steps_per_s": (int(batch_matrix(np.arange(n), cfg.pretrain_batch_size)
                                        .shape[0]) / _median(times)) if times else None}
   return state[0], info
 
@@ -319,7 +311,7 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
     sel = np.flatnonzero(np.asarray(state["select"]))
     centers = hs.update_centroids(state["centers"], z[sel], labels[sel])     # Eq. 8
     order = sel[epoch_permutation(k_clu, epoch, len(sel))]
-    idx = jnp.asarray(_batch_index(order, cfg.batch_size))
+    idx = jnp.asarray(batch_matrix(order, cfg.batch_size))
     (enc_p, opt), m = epoch_fn((state["enc"], state["opt"]), x, idx, centers, labels)
     m = jax.device_get(m)
     state = {**state, "enc": enc_p, "opt": opt, "centers": centers, "labels": labels}

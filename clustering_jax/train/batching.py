@@ -33,3 +33,18 @@ def n_batches(n: int, batch_size: int, *, drop_last: bool = False) -> int:
   if drop_last and n >= batch_size:
     return n // batch_size
   return -(-n // batch_size)
+
+
+def batch_matrix(order: np.ndarray, batch_size: int) -> np.ndarray:
+  """(n_batches, B) index matrix of fixed batch shape for a jitted step or a lax.scan epoch.
+
+  The short remainder is dropped (callers reshuffle every epoch, so every sample is used
+  over epochs); a set smaller than batch_size forms one batch of all of it.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  b = min(batch_size, len(order))
+  if b == 0:
+    return np.zeros((0, 0), np.int64)
+  nb = len(order) // b
+  return np.asarray(order[:nb * b]).reshape(nb, b)
