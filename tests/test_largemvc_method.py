@@ -58,6 +58,37 @@ def test_one_layer_with_eq5_weights_is_one_proximal_gradient_step():
                              atol=1e-5)
 
 
+def test_default_lipschitz_is_that_of_eq3_gradient_and_r_at_init():
+  xs, es, ps, h = _problem(3)
+  n, m = h.shape
+  mask = np.ones((n, len(xs)), np.float32)
+  # grad_H of Eq. 3's smooth part: sum_v (H P_v P_v^T - (X_v - E_v) P_v^T); its constant is V
+  def grad(hh):
+    return sum(hh @ p @ p.T - (x - e) @ p.T for x, e, p in zip(xs, es, ps))
+  lp = L.lipschitz_constant(ps)
+  np.testing.assert_allclose(lp, len(xs), rtol=1e-5)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    h1, h2 = rng.normal(size=(2, n, m)).astype(np.float32)
+    ratio = np.linalg.norm(grad(h1) - grad(h2)) / np.linalg.norm(h1 - h2)
+    assert ratio <= lp * (1 + 1e-5)
+  np.testing.assert_allclose(ratio, lp, rtol=1e-4)   # P_v P_v^T = I: every direction attains it
+  # default Config: R = I - P P^T / V and U = I / V at init (Eq. 5 with L_p = V)
+  params = L.init_params(ps, es, mask, L.Config())
+  eye = np.eye(m, dtype=np.float32)
+  np.testing.assert_allclose(params["R"], eye - ps[0] @ ps[0].T / len(xs), atol=1e-5)
+  np.testing.assert_allclose(params["R"], (1 - 1 / len(xs)) * eye, atol=1e-5)
+  np.testing.assert_allclose(params["U"], eye / len(xs), atol=1e-6)
+  # a number sets L_p directly; L_p = 1 gives R = 0 (no memory of H in Eq. 5)
+  p1 = L.init_params(ps, es, mask, L.Config(lipschitz=1.0))
+  np.testing.assert_allclose(p1["R"], 0 * eye, atol=1e-5)
+  np.testing.assert_allclose(p1["U"], eye, atol=1e-6)
+  # a view with fewer features than anchors: P_v P_v^T is a projection, the bound still holds
+  p_short = np.linalg.qr(rng.normal(size=(m, m - 1)))[0].astype(np.float32)  # (m, d_v < m)
+  lp_short = L.lipschitz_constant(ps[:2] + (p_short,))
+  np.testing.assert_allclose(lp_short, 3, rtol=1e-5)   # 2 I + a rank-(m-1) projection
+
+
 def test_noise_and_anchor_modules_equal_eq7_and_eq10():
   xs, es, ps, h = _problem(1)
   mask = np.ones((h.shape[0], len(xs)), np.float32)
@@ -177,7 +208,7 @@ def test_more_anchors_than_clusters_and_config_errors():
   assert res.labels.max() < 3 and res.init_labels.max() < 3
   for bad in ({"variant": "x"}, {"shrink": "col"}, {"activation": "tanh"}, {"n_layers": 0},
               {"procrustes_grad": "x"}, {"shard": "tpu"}, {"rho_init": "mean"},
-              {"anchor_multiple": 0}):
+              {"anchor_multiple": 0}, {"lipschitz": 0.0}, {"lipschitz": "max"}):
     with pytest.raises(ValueError):
       L.check_config(dataclasses.replace(L.Config(), **bad))
 

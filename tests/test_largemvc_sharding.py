@@ -26,9 +26,15 @@ assert jax.device_count() == 8, jax.devices()
 # n = 203: not a multiple of 8, so the padded rows must add nothing; 30% views missing.
 d = scale_views(builtin.blobs(n_samples=203, n_clusters=4, n_features=6, n_views=3, seed=1),
                 "minmax")
+# H0 from k-means on the complete views: every anchor keeps samples in every view, so each
+# H^T (X_v - E_v) has full rank and Procrustes is unique. (k-means on zero-filled views can
+# make a cluster of the samples missing view v; its row of P_v is then arbitrary, and the two
+# runs may pick different, equally optimal P_v.)
+labels = np.asarray(kmeans(jax.random.key(0), jax.numpy.concatenate(L.prepare(d)[0], 1),
+                           4).labels)
 d = d.replace(mask=simulate_missing(0, d.n_samples, 3, 0.3))
 xs, mask = L.prepare(d)
-labels = np.asarray(kmeans(jax.random.key(0), jax.numpy.concatenate(xs, 1), 4).labels)
+assert all(((labels == k) & (np.asarray(mask[:, v]) > 0)).any() for k in range(4) for v in range(3))
 h0 = jax.nn.one_hot(labels, 4)
 p0s = L.anchor(h0, xs, None, mask)
 e0s = tuple(mask[:, v:v + 1] * (x - h0 @ p) for v, (x, p) in enumerate(zip(xs, p0s)))

@@ -54,7 +54,8 @@ class Config:
   shrink: str = "row"                # D_rho per sample row (Eq. 12) | "matrix" (public code)
   procrustes_grad: str = "stop"      # "stop" (public code) | "svd" (differentiate the SVD)
   variant: str = "full"              # full | amvc (no NoiseModule) | rmvc (RepresentModule only)
-  lipschitz: float = 1.0             # L_p = L_q at init: R = I - P P^T / L_p, U = I / L_p (Eq. 5)
+  lipschitz: Union[float, str] = "auto"  # L_p at init: R = I - P P^T / L_p, U = I / L_p (Eq. 5);
+                                         # "auto": ||sum_v P_v P_v^T||_2 (= V), that of Eq. 3
   theta_init: float = 0.1            # theta = alpha / L_p at init (alpha not given in the paper)
   rho_init: Union[float, str] = "median"  # rho_v = beta / L_q at init; "median": median residual row norm
   spectral_graph: str = "auto"       # init graph: auto | knn | anchor (ops.spectral)
@@ -91,8 +92,9 @@ def check_config(cfg: Config) -> None:
   if cfg.anchor_multiple < 1 or (cfg.n_anchors is not None and cfg.n_anchors < 1):
     raise ValueError(f"need n_anchors >= 1 and anchor_multiple >= 1, got {cfg.n_anchors}, "
                      f"{cfg.anchor_multiple}")
-  if cfg.lipschitz <= 0:
-    raise ValueError(f"lipschitz must be > 0, got {cfg.lipschitz}")
+  if not (cfg.lipschitz == "auto" or (isinstance(cfg.lipschitz, (int, float))
+                                      and cfg.lipschitz > 0)):
+    raise ValueError(f"lipschitz must be a number > 0 or 'auto', got {cfg.lipschitz!r}")
   if not (cfg.rho_init == "median" or isinstance(cfg.rho_init, (int, float))):
     raise ValueError(f"rho_init must be a number or 'median', got {cfg.rho_init!r}")
 
@@ -240,11 +242,25 @@ def initialize(key, xs, mask, n_clusters: int, cfg: Config):
   return h0, e0s, p0s, np.asarray(init.labels), info
 
 
+def lipschitz_constant(ps) -> float:
+  """L_p of Eq. 4-5: the Lipschitz constant of grad_H sum_v 1/2 ||X_v - H P_v - E_v||^2 (Eq. 3).
+
+  The gradient is sum_v (H P_v P_v^T - (X_v - E_v) P_v^T), linear in H with operator
+  H -> H sum_v P_v P_v^T, so L_p = ||sum_v P_v P_v^T||_2 = V when every P_v has orthonormal
+  rows (d_v >= m). A view missing for some samples only lowers their terms: still a bound.
+  """
+  return float(jnp.linalg.norm(sum(p @ p.T for p in ps), ord=2))
+
+
 def init_params(p0s, e0s, mask, cfg: Config) -> dict:
-  """R = I - mean_v(P_v P_v^T) / L_p and U = I / L_p (the values of Eq. 5), theta^(l), rho_v^(l)."""
+  """R = I - mean_v(P_v P_v^T) / L_p and U = I / L_p (the values of Eq. 5), theta^(l), rho_v^(l).
+
+  L_p = cfg.lipschitz, or with "auto" ||sum_v P_v,0 P_v,0^T||_2 (`lipschitz_constant`, = V).
+  """
   m = p0s[0].shape[0]
   eye = jnp.eye(m, dtype=jnp.float32)
   ppt = sum(p @ p.T for p in p0s) / len(p0s)   # = I when every d_v >= m
+  lp = lipschitz_constant(p0s) if cfg.lipschitz == "auto" else float(cfg.lipschitz)
   if cfg.rho_init == "median":
     rho0 = []
     for v, e in enumerate(e0s):
@@ -252,8 +268,8 @@ def init_params(p0s, e0s, mask, cfg: Config) -> dict:
       rho0.append(float(np.median(norms)) if norms.size else 0.0)
   else:
     rho0 = [float(cfg.rho_init)] * len(p0s)
-  return {"R": eye - ppt / cfg.lipschitz,
-          "U": eye / cfg.lipschitz,
+  return {"R": eye - ppt / lp,
+          "U": eye / lp,
           "theta": jnp.full((cfg.n_layers,), cfg.theta_init, jnp.float32),
           "rho": jnp.tile(jnp.asarray(rho0, jnp.float32)[None], (cfg.n_layers, 1))}
 
@@ -343,6 +359,7 @@ def fit(data: Dataset, config: Config, *, key, run: Run) -> FitResult:
   k_init, k_final = jax.random.split(key)
   h0, e0s, p0s, init_labels, info = initialize(k_init, xs, mask, data.n_clusters, config)
   params = init_params(p0s, e0s, mask, config)
+  info["lipschitz"] = round(float(1.0 / np.asarray(params["U"])[0, 0]), 5)   # L_p used
   batch = Batch(xs=xs, mask=mask, h0=h0, e0s=e0s, p0s=p0s)
   params, h, tinfo = train(batch, params, config, run=run, n=n)
   final = kmeans(k_final, h, data.n_clusters, n_init=config.kmeans_n_init)
