@@ -82,6 +82,23 @@ def test_ablation_assignment_center_vs_core():
   assert not np.allclose(np.asarray(core["p"]), np.asarray(cent["p"]), atol=1e-3)
 
 
+def test_kmeans_init_previous_keeps_last_epochs_clusters():
+  """kmeans_init="previous": the clusters of Eq. 7/9 are Y of iteration t-1 (no k-means)."""
+  rng = np.random.default_rng(4)
+  z = jnp.asarray(np.r_[rng.normal(0, 1, (30, 2)), rng.normal(8, 1, (30, 2))], jnp.float32)
+  prev = jnp.asarray(np.r_[np.ones(30), np.zeros(30)], jnp.int32)   # swapped ids
+  cfg = m.Config(**TINY, kmeans_init="previous")
+  steps = m.make_steps(m.make_net(cfg, (1, 8, 8, 1)), cfg, 2)
+  a = steps["assign"](z, jax.random.key(0), prev, jnp.float32(0.6))
+  np.testing.assert_array_equal(np.asarray(a["km_labels"]), np.asarray(prev))
+  np.testing.assert_array_equal(np.asarray(a["y"]), np.asarray(prev))  # ids carried over
+  # cores lie inside the previous clusters: every core anchor keeps its cluster's id
+  core = np.asarray(a["core"])
+  assert core[:30].sum() >= 1 and core[30:].sum() >= 1
+  with pytest.raises(ValueError, match="kmeans_init"):
+    m.Config(kmeans_init="nope").validate()
+
+
 def test_ablation_pace_switches():
   z = jnp.asarray(np.random.default_rng(1).normal(size=(60, 3)), jnp.float32)
   v_exp = _assign(m.Config(**TINY), z, zeta=float(m.pacing(20, zeta0=0.6, zeta_max=0.95,

@@ -37,7 +37,7 @@ from clustering_jax.ops.curriculum import PACES, pacing, select_easy
 from clustering_jax.ops.density import (cutoff_distance, density_cores, difficulty_scores,
                                         local_density)
 from clustering_jax.ops.distances import map_row_blocks
-from clustering_jax.ops.kmeans import kmeans, lloyd
+from clustering_jax.ops.kmeans import KMeansResult, kmeans, lloyd
 from clustering_jax.train.batching import batch_matrix, epoch_key, epoch_permutation
 from clustering_jax.train.run import Run
 
@@ -49,7 +49,8 @@ class Config:
   Departures from the paper's defaults, each measured on digits without labels (the
   reconstruction loss, the label change rate) and explained in docs/methods/idcl.md:
   lr = pretrain_lr = 0.001 (paper 0.01), reset_optimizer=False, core_reduce="mean",
-  kl_reduce="mean", rec_loss="mean", norm_first=True.
+  norm_first=True. The loss balance is Eq. 16–17's: L_rec per sample summed over pixels
+  (Eq. 13, rec_loss="sum") and KL per sample, both averaged over the batch (kl_reduce="mean").
 
   Attributes:
     backbone: "transformer" (§3 TAE), "mlp" (the same linear block without patches and
@@ -81,12 +82,17 @@ class Config:
     tol: stopping threshold μ on the label change rate (Algorithm 2) — not given in the
       paper; 0.001 as DEC. Checked from the second clustering epoch on.
     rec_loss: "sum" — Eq. 13 as printed, ‖x - x̂‖² summed over pixels, mean over samples;
-      "mean" — additionally averaged over pixels (what an MSELoss computes).
+      "mean" — additionally averaged over pixels (what an MSELoss computes; with it the KL
+      term is 64× stronger on digits, L_rec rises several-fold and the embedding's scale
+      d_c runs away — see docs/methods/idcl.md).
     augment: random rotation (±10°) and shift (±H/10 px) of training images (App. F).
     kmeans_n_init: k-means restarts per epoch (k-means default 10).
     kmeans_init: "restart" — a fresh k-means each epoch (Algorithm 2 line 6), its labels
       aligned to the previous epoch's by Hungarian matching of the two partitions (no ground
-      truth) for the change rate; "warm" — Lloyd started from the previous clusters' means.
+      truth) for the change rate; "warm" — Lloyd started from the previous clusters' means;
+      "previous" — no k-means after the first epoch: the clusters of Eq. 7 and 9 are the
+      previous iteration's Y (Eq. 7: "C_k ... generated from the results of the (t−1)-th
+      iteration"; Algorithm 2 line 6 calls k-means's clusters "initial").
     embed_block: rows per block when embedding all samples (memory only).
   """
 
@@ -116,7 +122,7 @@ class Config:
   kl_reduce: str = "mean"
   reset_optimizer: bool = False
   tol: float = 0.001
-  rec_loss: str = "mean"
+  rec_loss: str = "sum"
   augment: bool = True
   kmeans_n_init: int = 10
   kmeans_init: str = "restart"
@@ -131,8 +137,9 @@ class Config:
       raise ValueError(f"assignment must be 'core' or 'center', got {self.assignment!r}")
     if self.rec_loss not in ("sum", "mean"):
       raise ValueError(f"rec_loss must be 'sum' or 'mean', got {self.rec_loss!r}")
-    if self.kmeans_init not in ("restart", "warm"):
-      raise ValueError(f"kmeans_init must be 'restart' or 'warm', got {self.kmeans_init!r}")
+    if self.kmeans_init not in ("restart", "warm", "previous"):
+      raise ValueError(f"kmeans_init must be 'restart', 'warm' or 'previous', "
+                       f"got {self.kmeans_init!r}")
     for name in ("lam1", "lam2", "zeta0", "zeta_max"):
       v = getattr(self, name)
       if not 0.0 < v <= 1.0:
@@ -279,7 +286,13 @@ def make_steps(net, cfg: Config, n_clusters: int):
     dc = cutoff_distance(z, k_dc, lam1=cfg.lam1)
     rho = local_density(z, dc)                                                # Eq. 1
     delta = difficulty_scores(rho)                                            # Eq. 2
-    if cfg.kmeans_init == "warm":
+    if cfg.kmeans_init == "previous":  # Eq. 7: C_k from the results of iteration t-1
+      km_labels = prev_labels.astype(jnp.int32)
+      counts = jax.ops.segment_sum(jnp.ones_like(z[:, 0]), km_labels, num_segments=n_clusters)
+      centers = jax.ops.segment_sum(z, km_labels, num_segments=n_clusters)
+      km = KMeansResult(km_labels, centers / jnp.maximum(counts, 1.0)[:, None],
+                        jnp.float32(0.0), jnp.int32(0))
+    elif cfg.kmeans_init == "warm":
       counts = jax.ops.segment_sum(jnp.ones_like(z[:, 0]), prev_labels, num_segments=n_clusters)
       c0 = jax.ops.segment_sum(z, prev_labels, num_segments=n_clusters)
       c0 = c0 / jnp.maximum(counts, 1.0)[:, None]
