@@ -43,6 +43,7 @@ def worker(n: int, epochs: int, seed: int) -> dict:
   est.fit(list(d.views))
   info = est.fit_info_
   return {"n": n, "n_views": 3, "dims": [64, 64, 64], "epochs": epochs,
+          "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
           "time_per_epoch_s": info["time_per_epoch_s"], "compile_s": info["compile_s"],
           "init_time_s": info["init_time_s"], "total_time_s": round(time.perf_counter() - t0, 2),
           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
