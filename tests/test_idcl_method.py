@@ -37,6 +37,8 @@ def test_registry_and_params():
   assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
   assert est.config.pretrain_epochs == 100 and est.config.epochs == 200
   assert est.config.lr == est.config.pretrain_lr == 0.001  # paper: 0.01 (see the method page)
+  # Eq. 13 and Eq. 16-17: L_rec summed over pixels, both terms averaged over the batch
+  assert (est.config.rec_loss, est.config.kl_reduce) == ("sum", "mean")
   with pytest.raises(TypeError):
     IDCL(n_clusters=3, not_a_param=1)
 
