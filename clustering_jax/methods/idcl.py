@@ -286,17 +286,15 @@ def make_steps(net, cfg: Config, n_clusters: int):
     dc = cutoff_distance(z, k_dc, lam1=cfg.lam1)
     rho = local_density(z, dc)                                                # Eq. 1
     delta = difficulty_scores(rho)                                            # Eq. 2
-    if cfg.kmeans_init == "previous":  # Eq. 7: C_k from the results of iteration t-1
-      km_labels = prev_labels.astype(jnp.int32)
-      counts = jax.ops.segment_sum(jnp.ones_like(z[:, 0]), km_labels, num_segments=n_clusters)
-      centers = jax.ops.segment_sum(z, km_labels, num_segments=n_clusters)
-      km = KMeansResult(km_labels, centers / jnp.maximum(counts, 1.0)[:, None],
-                        jnp.float32(0.0), jnp.int32(0))
-    elif cfg.kmeans_init == "warm":
-      counts = jax.ops.segment_sum(jnp.ones_like(z[:, 0]), prev_labels, num_segments=n_clusters)
-      c0 = jax.ops.segment_sum(z, prev_labels, num_segments=n_clusters)
-      c0 = c0 / jnp.maximum(counts, 1.0)[:, None]
-      km = lloyd(z, c0)
+    if cfg.kmeans_init in ("previous", "warm"):
+      prev = prev_labels.astype(jnp.int32)
+      counts = jax.ops.segment_sum(jnp.ones_like(z[:, 0]), prev, num_segments=n_clusters)
+      means = jax.ops.segment_sum(z, prev, num_segments=n_clusters)
+      means = means / jnp.maximum(counts, 1.0)[:, None]
+      if cfg.kmeans_init == "previous":  # Eq. 7: C_k from the results of iteration t-1
+        km = KMeansResult(prev, means, jnp.float32(0.0), jnp.int32(0))
+      else:                              # Lloyd started from the previous clusters' means
+        km = lloyd(z, means)
     else:
       km = kmeans(k_km, z, n_clusters, n_init=cfg.kmeans_n_init)
     if cfg.assignment == "core":
