@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clustering_jax.data.augment import random_rotate_shift
 from clustering_jax.data.container import Dataset
 from clustering_jax.methods.base import FitResult
 from clustering_jax.nets.mlp import MLPAutoencoder
@@ -186,30 +187,6 @@ def make_net(cfg: Config, input_shape):
                                   mlp_ratio=cfg.mlp_ratio, pos_encoding=cfg.pos_encoding,
                                   norm_first=cfg.norm_first)
   return MLPAutoencoder(int(np.prod(input_shape[1:])), hidden=hidden, latent=cfg.latent)
-
-
-def random_rotate_shift(key: jax.Array, x: jax.Array, *, max_degrees: float = 10.0,
-                        max_shift: float = 0.1) -> jax.Array:
-  """App. F augmentation: each image rotated by U(-max_degrees, max_degrees) about its centre
-  and shifted by U(-max_shift·H, max_shift·H) pixels per axis (bilinear, zero fill).
-  x: (b, H, W, C) -> (b, H, W, C)."""
-  b, h, w, _ = x.shape
-  k1, k2 = jax.random.split(key)
-  theta = jnp.deg2rad(jax.random.uniform(k1, (b,), minval=-max_degrees, maxval=max_degrees))
-  shift = jax.random.uniform(k2, (b, 2), minval=-1.0, maxval=1.0) * max_shift * jnp.array([h, w])
-  rr, cc = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                        indexing="ij")
-  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-
-  def one(img, th, sh):
-    # Inverse map: output pixel -> source location.
-    yy, xx = rr - cy - sh[0], cc - cx - sh[1]
-    sy = jnp.cos(th) * yy - jnp.sin(th) * xx + cy
-    sx = jnp.sin(th) * yy + jnp.cos(th) * xx + cx
-    warp = lambda ch: jax.scipy.ndimage.map_coordinates(ch, [sy, sx], order=1, mode="constant")
-    return jax.vmap(warp, in_axes=2, out_axes=2)(img)
-
-  return jax.vmap(one)(x, theta, shift)
 
 
 # --------------------------------------------------------------------------- losses and steps

@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clustering_jax.data.augment import random_rotate_shift_flat
 from clustering_jax.data.container import Dataset
 from clustering_jax.methods.base import FitResult
 from clustering_jax.nets.mlp import MLPAutoencoder
 from clustering_jax.ops import hypersphere as hs
 from clustering_jax.ops.kmeans import kmeans
-from clustering_jax.train.batching import batch_matrix, epoch_permutation
+from clustering_jax.train.batching import batch_matrix, epoch_key, epoch_permutation
 from clustering_jax.train.run import Run
 
 EMBED_CHUNK = 8192
@@ -50,6 +51,11 @@ class Config:
   pretrain_lr: float = 1e-3
   momentum: float = 0.9                 # SGD momentum, both stages (§4.2)
   rec_reduction: str = "mean"           # L_rec per feature "mean" (MSELoss) | "sum" (Eq. 1 literal)
+  # Not in the paper: random rotation (±10°) and shift (±H/10) of image inputs, as in
+  # DEC-DA / IDCL App. F. Pre-training reconstructs the augmented image; the clustering
+  # stage feeds augmented images against the epoch's s and M (from the clean images).
+  augment_pretrain: bool = False
+  augment_cluster: bool = False
   # Initialization: the project's cosine k-means (Algorithm 1, line 3).
   kmeans_n_init: int = 10
   # Clustering (§4.2): same optimizer and batch, lr 0.002, 300 iterations (epochs).
@@ -136,8 +142,17 @@ def _optimizer(name: str, lr: float, momentum: float, clip_norm: float = 0.0):
 
 
 # -- jitted epochs -------------------------------------------------------------
-def make_pretrain_epoch(net: MLPAutoencoder, tx, rec_reduction: str):
-  """One pre-training epoch as a scan over mini-batches: minimizes Eq. 3."""
+def _augmenter(image_shape):
+  """x (b, d) -> augmented x, or the identity when image_shape is None."""
+  if image_shape is None:
+    return lambda key, xb: xb
+  return lambda key, xb: random_rotate_shift_flat(key, xb, image_shape)
+
+
+def make_pretrain_epoch(net: MLPAutoencoder, tx, rec_reduction: str, image_shape=None):
+  """One pre-training epoch as a scan over mini-batches: minimizes Eq. 3.
+  image_shape: augment each batch (rotate/shift) and reconstruct the augmented images."""
+  aug = _augmenter(image_shape)
 
   def loss_fn(params, xb):
     z, x_hat = net.apply(params, xb)
@@ -146,21 +161,24 @@ def make_pretrain_epoch(net: MLPAutoencoder, tx, rec_reduction: str):
     loss = rec + nrm                                         # Eq. 3
     return loss, {"loss": loss, "rec": rec, "norm": nrm}
 
-  def epoch(state, x, idx):
-    def step(st, ib):
+  def epoch(state, x, idx, key):
+    def step(st, ib_key):
+      ib, k = ib_key
       params, opt = st
-      (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, x[ib])
+      (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, aug(k, x[ib]))
       upd, opt = tx.update(g, opt, params)
       return (optax.apply_updates(params, upd), opt), aux
 
-    state, aux = jax.lax.scan(step, state, idx)
+    state, aux = jax.lax.scan(step, state, (idx, jax.random.split(key, idx.shape[0])))
     return state, jax.tree.map(jnp.mean, aux)
 
   return jax.jit(epoch)
 
 
-def make_cluster_epoch(net: MLPAutoencoder, tx, cfg: Config):
-  """One clustering epoch over the selected samples: minimizes Eq. 13 with s, M fixed."""
+def make_cluster_epoch(net: MLPAutoencoder, tx, cfg: Config, image_shape=None):
+  """One clustering epoch over the selected samples: minimizes Eq. 13 with s, M fixed.
+  image_shape: feed rotated/shifted images (targets s, M stay those of the clean images)."""
+  aug = _augmenter(image_shape)
 
   def loss_fn(enc, xb, centers, sb):
     z = encode(net, enc, xb)
@@ -169,17 +187,19 @@ def make_cluster_epoch(net: MLPAutoencoder, tx, cfg: Config):
                              use_cmpt=cfg.use_cmpt, unif_eps=cfg.unif_eps,
                              cmpt_normalize=cfg.cmpt_normalize, reduction=cfg.reduction)
 
-  def epoch(state, x, idx, centers, labels):
+  def epoch(state, x, idx, centers, labels, key):
     # Centers and labels are fixed during the w-step (Algorithm 1: s, M then w).
     centers, labels = jax.lax.stop_gradient(centers), jax.lax.stop_gradient(labels)
 
-    def step(st, ib):
+    def step(st, ib_key):
+      ib, k = ib_key
       enc, opt = st
-      (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(enc, x[ib], centers, labels[ib])
+      (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(enc, aug(k, x[ib]), centers,
+                                                               labels[ib])
       upd, opt = tx.update(g, opt, enc)
       return (optax.apply_updates(enc, upd), opt), {**aux, "grad_norm": optax.global_norm(g)}
 
-    state, aux = jax.lax.scan(step, state, idx)
+    state, aux = jax.lax.scan(step, state, (idx, jax.random.split(key, idx.shape[0])))
     return state, jax.tree.map(jnp.mean, aux)
 
   return jax.jit(epoch)
@@ -206,23 +226,26 @@ def _median(ts):
 
 # -- fit -----------------------------------------------------------------------
 def pretrain(net, cfg: Config, x: jax.Array, key: jax.Array, run: Run, params, *,
-             n_clusters: int, kmeans_key: jax.Array):
+             n_clusters: int, kmeans_key: jax.Array, image_shape=None):
   """Stage 1: Eq. 3 on the full autoencoder. Returns (params, info).
 
   n_clusters, kmeans_key: only for the display-only clustering of pretrain_eval_every.
+  image_shape: (H, W, C) of the flattened rows; used when cfg.augment_pretrain.
   """
   n = x.shape[0]
   tx = _optimizer(cfg.pretrain_optimizer, cfg.pretrain_lr, cfg.momentum)
   state = (params, tx.init(params))
   restored = run.restore("pretrain", state)
   state, start = restored if restored else (state, 0)
-  epoch_fn = _Compiled(make_pretrain_epoch(net, tx, cfg.rec_reduction))
+  epoch_fn = _Compiled(make_pretrain_epoch(
+      net, tx, cfg.rec_reduction, image_shape if cfg.augment_pretrain else None))
+  aug_key = jax.random.fold_in(key, 1)
   times = []
   for epoch in run.epochs("pretrain", start, cfg.pretrain_epochs):
     t0 = time.perf_counter()
     idx = batch_matrix(epoch_permutation(key, epoch, n), cfg.pretrain_batch_size)
     c0 = epoch_fn.compile_s
-    state, m = epoch_fn(state, x, jnp.asarray(idx))
+    state, m = epoch_fn(state, x, jnp.asarray(idx), epoch_key(aug_key, epoch))
     m = jax.device_get(m)                            # one host sync per epoch
     times.append(time.perf_counter() - t0 - (epoch_fn.compile_s - c0))
     labels = None
@@ -247,6 +270,11 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   cfg = config
   if cfg.spl_steps < 1:
     raise ValueError(f"spl_steps must be >= 1, got {cfg.spl_steps}")
+  if (cfg.augment_pretrain or cfg.augment_cluster) and data.kind != "image":
+    raise ValueError(f"augment_pretrain/augment_cluster need image data; dataset "
+                     f"{data.name!r} is {data.kind!r}")
+  image_shape = tuple(data.image_shape or data.views[0].shape[1:]) if data.kind == "image" \
+      else None
   k = int(data.n_clusters)
   x = jnp.asarray(data.concat(), jnp.float32)
   n, d = x.shape
@@ -256,7 +284,8 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
 
   # Stage 1: pre-training (Eq. 3).
   params = init_params(cfg, k_init, d)
-  params, info = pretrain(net, cfg, x, k_pre, run, params, n_clusters=k, kmeans_key=k_km)
+  params, info = pretrain(net, cfg, x, k_pre, run, params, n_clusters=k, kmeans_key=k_km,
+                          image_shape=image_shape)
   enc = params["params"]["encoder"]
 
   # Initialization: cosine k-means on F_w(x) -> M^(0), s^(0) (Algorithm 1, line 3).
@@ -277,7 +306,9 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   restored = run.restore("cluster", state)
   state, start = restored if restored else (state, 0)
   state = jax.tree.map(jnp.asarray, state)
-  epoch_fn = _Compiled(make_cluster_epoch(net, tx, cfg))
+  epoch_fn = _Compiled(make_cluster_epoch(net, tx, cfg,
+                                          image_shape if cfg.augment_cluster else None))
+  aug_key = jax.random.fold_in(k_clu, 1)
   step_len = max(1, math.ceil(cfg.cluster_epochs / cfg.spl_steps))
   times, stop_epoch, advances = [], None, []
   for epoch in run.epochs("cluster", start, cfg.cluster_epochs):
@@ -312,7 +343,8 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
     centers = hs.update_centroids(state["centers"], z[sel], labels[sel])     # Eq. 8
     order = sel[epoch_permutation(k_clu, epoch, len(sel))]
     idx = jnp.asarray(batch_matrix(order, cfg.batch_size))
-    (enc_p, opt), m = epoch_fn((state["enc"], state["opt"]), x, idx, centers, labels)
+    (enc_p, opt), m = epoch_fn((state["enc"], state["opt"]), x, idx, centers, labels,
+                               epoch_key(aug_key, epoch))
     m = jax.device_get(m)
     state = {**state, "enc": enc_p, "opt": opt, "centers": centers, "labels": labels}
     times.append(time.perf_counter() - t0 - (epoch_fn.compile_s - c0))
