@@ -86,6 +86,13 @@ def test_stop_rule_ends_training(blobs):
   adv = res.info["spl_advances"]
   assert [a["step"] for a in adv] == [1, 2] and all(a["by_stop_rule"] for a in adv)
   assert res.info["stop_epoch"] == 3
+  # spl_advance="fixed": the same always-true rule no longer shortens steps 1 and 2
+  # (6 epochs, steps of 2); it ends training at the first check of the last step.
+  res, _ = _fit(data, eta=1.01, spl_steps=3, pretrain_epochs=1, spl_advance="fixed")
+  adv = res.info["spl_advances"]
+  assert [(a["epoch"], a["step"], a["by_stop_rule"]) for a in adv] == [(2, 1, False),
+                                                                        (4, 2, False)]
+  assert res.info["stop_epoch"] == 5 and res.info["cluster_epochs_run"] == 5
 
 
 @pytest.mark.parametrize("unif,cmpt", [(False, True), (True, False), (False, False)])
@@ -135,6 +142,8 @@ def test_bad_config_values(blobs):
   data, _ = blobs
   with pytest.raises(ValueError):
     _fit(data, spl_steps=0)
+  with pytest.raises(ValueError, match="spl_advance"):
+    _fit(data, spl_advance="adaptive")
   with pytest.raises(ValueError):
     _fit(data, pretrain_optimizer="rmsprop")
   assert dataclasses.asdict(ulhe.Config())["lambda1"] == 0.08
