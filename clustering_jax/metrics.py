@@ -43,6 +43,20 @@ def accuracy(y_true, y_pred) -> float:
   return float(c[rows, cols].sum() / c.sum())
 
 
+def confusions(y_true, y_pred, top: int | None = None) -> list[tuple[int, object, object]]:
+  """Where the ACC errors are: (count, true class, class its cluster is matched to), largest
+  first, for every sample outside its class's Hungarian-matched cluster (the matching of
+  `accuracy`). Samples in an unmatched cluster are left out. top: keep the largest `top`."""
+  y_true, y_pred = _check(y_true, y_pred)
+  classes = np.unique(y_true)
+  c = contingency(y_true, y_pred)
+  rows, cols = linear_sum_assignment(-c)
+  out = [(int(c[a, col]), classes[a].item(), classes[r].item())
+         for r, col in zip(rows, cols) for a in range(c.shape[0]) if a != r and c[a, col]]
+  out.sort(key=lambda t: -t[0])
+  return out[:top] if top is not None else out
+
+
 def purity(y_true, y_pred) -> float:
   """Fraction of samples in their cluster's majority class (many-to-one)."""
   c = contingency(y_true, y_pred)

@@ -112,3 +112,24 @@ def test_length_mismatch(fn):
 def test_empty_labels():
   with pytest.raises(ValueError, match="empty label arrays"):
     M.accuracy([], [])
+
+
+def test_confusions_known_values():
+  y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+  p = np.array([5, 5, 7, 7, 7, 7, 9, 9])     # one class-0 sample in class 1's cluster
+  assert M.confusions(y, p) == [(1, 0, 1)]
+  assert M.confusions(y, y) == []
+  # 4/9-style swap: half of each class in the other's cluster.
+  y = np.array([4] * 4 + [9] * 4)
+  p = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+  assert sorted(M.confusions(y, p)) == [(1, 4, 9), (1, 9, 4)]
+
+
+@pytest.mark.parametrize("y,p", CASES)
+def test_confusions_account_for_every_matched_error(y, p):
+  # The counts add up to the ACC errors when every cluster is matched to a class.
+  conf = M.confusions(y, p)
+  if len(np.unique(p)) <= len(np.unique(y)):
+    assert sum(c for c, _, _ in conf) == round(len(y) * (1 - M.accuracy(y, p)))
+  assert [c for c, _, _ in conf] == sorted((c for c, _, _ in conf), reverse=True)
+  assert M.confusions(y, p, top=2) == conf[:2]
