@@ -3,10 +3,14 @@
 (init_labels.npy) and final model (labels.npy) after the Hungarian matching of ACC.
 
   python experiments/confusions.py --dataset hdigit-mnist --data-dir ../shared/data \\
-      runs/bench/ulhe__hdigit-mnist__da300/seed0 runs/bench/ulhe__hdigit-mnist__da300/seed1
+      --cost cosine runs/bench/ulhe__hdigit-mnist__da300/seed{0,1,2}
 
 Prints one Markdown row per run and labelling: ACC, errors, and the `--top` largest
-(count, true class -> class its cluster is matched to). Labels are used for scoring only.
+(count, true class -> class its cluster is matched to). With `--cost cosine|euclidean` it
+adds the k-means cost of that partition on its own embedding (init_embedding.npy for the
+start, embedding.npy for the final model), beside the cost of the ground-truth partition on
+the same embedding: if the classes cost more than the clusters, the clustering objective
+itself prefers the wrong partition. Labels are used for scoring and diagnosis only.
 """
 
 from __future__ import annotations
@@ -21,28 +25,56 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def kmeans_cost(z: np.ndarray, labels: np.ndarray, metric: str) -> float:
+  """Mean k-means cost of a partition with each part's own centroid: squared Euclidean
+  distance to the mean, or 1 - cos to the normalized mean (Eq. 5 of ULHE-DC)."""
+  z = np.asarray(z, np.float64)
+  if metric == "cosine":
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+  total = 0.0
+  for k in np.unique(labels):
+    zk = z[labels == k]
+    m = zk.mean(0)
+    if metric == "cosine":
+      total += float(np.sum(1.0 - zk @ (m / max(np.linalg.norm(m), 1e-12))))
+    else:
+      total += float(np.sum((zk - m) ** 2))
+  return total / len(z)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--dataset", required=True)
   ap.add_argument("--data-dir", default=None)
   ap.add_argument("--top", type=int, default=4)
+  ap.add_argument("--cost", choices=("cosine", "euclidean"), default=None)
   ap.add_argument("runs", nargs="+", help="run directories with init_labels.npy / labels.npy")
   args = ap.parse_args(argv)
 
   from clustering_jax import metrics
   from clustering_jax.data import load_dataset
   y = np.asarray(load_dataset(args.dataset, data_dir=args.data_dir).labels)
-  print("| run | labels | ACC | errors | largest confusions (count: true → matched as) |")
-  print("| --- | --- | --- | --- | --- |")
+  cost = f" | {args.cost} cost: clusters / classes" if args.cost else ""
+  print(f"| run | labels | ACC | errors | largest confusions (count: true → matched as){cost} |")
+  print("| --- | --- | --- | --- | --- |" + (" --- |" if args.cost else ""))
   for d in args.runs:
-    for name in ("init_labels", "labels"):
+    for name, emb in (("init_labels", "init_embedding"), ("labels", "embedding")):
       f = Path(d) / f"{name}.npy"
       if not f.exists():
         continue
       p = np.load(f)
       acc = metrics.accuracy(y, p)
       conf = ", ".join(f"{c}: {a} → {b}" for c, a, b in metrics.confusions(y, p, args.top))
-      print(f"| {d} | {name} | {acc:.4f} | {round(len(y) * (1 - acc))} | {conf} |")
+      row = f"| {d} | {name} | {acc:.4f} | {round(len(y) * (1 - acc))} | {conf} |"
+      if args.cost:
+        e = Path(d) / f"{emb}.npy"
+        if e.exists():
+          z = np.load(e)
+          row += (f" {kmeans_cost(z, p, args.cost):.4f} / "
+                  f"{kmeans_cost(z, y, args.cost):.4f} |")
+        else:
+          row += " – |"
+      print(row)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_fit_returns_self_with_labels_and_embedding():
   est = KMeans(n_clusters=K, n_init=2)
   assert est.fit(x) is est
   assert est.labels_.shape == (N,) and est.embedding_.shape == (N, D)
-  assert est.n_features_in_ == D and est.init_labels_ is None
+  assert est.n_features_in_ == D and est.init_labels_ is None and est.init_embedding_ is None
   assert set(np.unique(est.labels_)) == set(range(K))
   # embedding_ is the min-max scaled input (the default scaling)
   np.testing.assert_allclose(est.embedding_.min(0), 0.0, atol=1e-6)

@@ -54,10 +54,39 @@ def test_confusions_script(tmp_path, capsys):
   p[y == 4] = 9                                   # all fours in the nines' cluster
   np.save(tmp_path / "init_labels.npy", y)
   np.save(tmp_path / "labels.npy", p)
-  _script("confusions").main(["--dataset", "digits", str(tmp_path)])
+  rng = np.random.default_rng(0)
+  np.save(tmp_path / "init_embedding.npy", rng.normal(size=(len(y), 3)))
+  _script("confusions").main(["--dataset", "digits", "--cost", "euclidean", str(tmp_path)])
   rows = [r for r in capsys.readouterr().out.splitlines() if str(tmp_path) in r]
+  assert rows[0].count("|") == 7 and rows[1].endswith("| – |")      # no embedding.npy
   assert "| init_labels | 1.0000 | 0 |" in rows[0]
   # The merged cluster is matched to the larger class; the smaller one is all error.
   n4, n9 = int((y == 4).sum()), int((y == 9).sum())
   err = f"{n4}: 4 → 9" if n4 < n9 else f"{n9}: 9 → 4"
   assert f"| labels | {1 - min(n4, n9) / len(y):.4f} | {min(n4, n9)} | {err} |" in rows[1]
+
+
+def test_kmeans_cost_against_a_direct_computation():
+  conf = _script("confusions")
+  rng = np.random.default_rng(0)
+  z, lab = rng.normal(size=(30, 3)), rng.integers(0, 3, 30)
+  ref = sum(((z[lab == k] - z[lab == k].mean(0)) ** 2).sum() for k in range(3)) / 30
+  np.testing.assert_allclose(conf.kmeans_cost(z, lab, "euclidean"), ref, rtol=1e-12)
+  u = z / np.linalg.norm(z, axis=1, keepdims=True)
+  ref = sum((1 - u[lab == k] @ (u[lab == k].sum(0) / np.linalg.norm(u[lab == k].sum(0))))
+            .sum() for k in range(3)) / 30
+  np.testing.assert_allclose(conf.kmeans_cost(z, lab, "cosine"), ref, rtol=1e-12)
+  # Scale invariance of the cosine cost; one point per part costs nothing.
+  np.testing.assert_allclose(conf.kmeans_cost(5 * z, lab, "cosine"), ref, rtol=1e-12)
+  assert conf.kmeans_cost(z, np.arange(30), "euclidean") == 0.0
+
+
+def test_run_directory_holds_the_starting_point(tmp_path):
+  from clustering_jax.experiment import run_experiment
+  out = tmp_path / "run"
+  run_experiment("ulhe", "digits", out=str(out), overrides={**TINY, "cluster_epochs": 2})
+  z0, lab0 = np.load(out / "init_embedding.npy"), np.load(out / "init_labels.npy")
+  assert z0.shape == (1797, 4) and lab0.shape == (1797,)
+  y = np.asarray(load_dataset("digits").labels)
+  res = json.loads((out / "results.json").read_text())
+  assert res["init"]["acc"] == metrics.accuracy(y, lab0)

@@ -133,6 +133,8 @@ def test_estimator_contract_and_determinism(blobs, smoke):
   np.testing.assert_array_equal(est.predict(data.views[0]), est.labels_)
   emb = est.transform(data.views[0])
   chex.assert_shape(emb, (96, 4))
+  chex.assert_shape(est.init_embedding_, (96, 4))                 # the starting point
+  np.testing.assert_allclose(np.linalg.norm(est.init_embedding_, axis=1), 1.0, atol=1e-5)
   np.testing.assert_allclose(emb, est.embedding_, atol=1e-5)
   with pytest.raises(TypeError):
     est_cls(n_clusters=3, no_such_param=1)

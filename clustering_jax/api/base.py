@@ -17,8 +17,8 @@ from clustering_jax.train.run import Run, quiet_run
 class ClusteringEstimator:
   """Base estimator: parameters are n_clusters, random_state and the fields of
   the method's Config dataclass (paper defaults). `fit` validates the input,
-  runs the method and sets `labels_`, `embedding_` (and `init_labels_` for deep
-  methods). Subclasses set `config_cls`, `kind` and implement `_fit`.
+  runs the method and sets `labels_`, `embedding_` (and `init_labels_`,
+  `init_embedding_` — the starting point — for deep methods). Subclasses set `config_cls`, `kind` and implement `_fit`.
   """
 
   config_cls: Any = None
@@ -100,6 +100,8 @@ class ClusteringEstimator:
     self.labels_ = np.asarray(result.labels)
     self.embedding_ = np.asarray(result.embedding)
     self.init_labels_ = None if result.init_labels is None else np.asarray(result.init_labels)
+    self.init_embedding_ = (None if result.init_embedding is None
+                            else np.asarray(result.init_embedding))
     self.fit_info_ = result.info
     self.state_ = result.state
     return self
