@@ -26,20 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def kmeans_cost(z: np.ndarray, labels: np.ndarray, metric: str) -> float:
-  """Mean k-means cost of a partition with each part's own centroid: squared Euclidean
-  distance to the mean, or 1 - cos to the normalized mean (Eq. 5 of ULHE-DC)."""
-  z = np.asarray(z, np.float64)
-  if metric == "cosine":
-    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-  total = 0.0
-  for k in np.unique(labels):
-    zk = z[labels == k]
-    m = zk.mean(0)
-    if metric == "cosine":
-      total += float(np.sum(1.0 - zk @ (m / max(np.linalg.norm(m), 1e-12))))
-    else:
-      total += float(np.sum((zk - m) ** 2))
-  return total / len(z)
+  """The project's k-means cost (ops.kmeans.partition_cost) of a partition of z."""
+  from clustering_jax.ops.kmeans import partition_cost
+  ids, inv = np.unique(labels, return_inverse=True)
+  return float(partition_cost(np.asarray(z, np.float32), inv.astype(np.int32), len(ids),
+                              metric=metric))
 
 
 def main(argv=None):

@@ -66,19 +66,15 @@ def test_confusions_script(tmp_path, capsys):
   assert f"| labels | {1 - min(n4, n9) / len(y):.4f} | {min(n4, n9)} | {err} |" in rows[1]
 
 
-def test_kmeans_cost_against_a_direct_computation():
+def test_kmeans_cost_relabels_any_label_values():
   conf = _script("confusions")
   rng = np.random.default_rng(0)
   z, lab = rng.normal(size=(30, 3)), rng.integers(0, 3, 30)
   ref = sum(((z[lab == k] - z[lab == k].mean(0)) ** 2).sum() for k in range(3)) / 30
-  np.testing.assert_allclose(conf.kmeans_cost(z, lab, "euclidean"), ref, rtol=1e-12)
-  u = z / np.linalg.norm(z, axis=1, keepdims=True)
-  ref = sum((1 - u[lab == k] @ (u[lab == k].sum(0) / np.linalg.norm(u[lab == k].sum(0))))
-            .sum() for k in range(3)) / 30
-  np.testing.assert_allclose(conf.kmeans_cost(z, lab, "cosine"), ref, rtol=1e-12)
-  # Scale invariance of the cosine cost; one point per part costs nothing.
-  np.testing.assert_allclose(conf.kmeans_cost(5 * z, lab, "cosine"), ref, rtol=1e-12)
-  assert conf.kmeans_cost(z, np.arange(30), "euclidean") == 0.0
+  np.testing.assert_allclose(conf.kmeans_cost(z, lab, "euclidean"), ref, rtol=1e-5)
+  # Label values need not be 0..k-1 (e.g. class labels); one point per part costs nothing.
+  np.testing.assert_allclose(conf.kmeans_cost(z, 7 * lab + 4, "euclidean"), ref, rtol=1e-5)
+  assert abs(conf.kmeans_cost(z, np.arange(30), "euclidean")) < 1e-6
 
 
 def test_run_directory_holds_the_starting_point(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from sklearn.cluster import KMeans as SkKMeans
 
 from clustering_jax.data import load_dataset, scale_views
-from clustering_jax.ops import assign, kmeans, kmeans_plusplus, lloyd, normalize
+from clustering_jax.ops import assign, kmeans, kmeans_plusplus, lloyd, normalize, partition_cost
 
 KEY = jax.random.key(0)
 # The estimator's call of ops.kmeans passes all of these; jit keys its cache on the keywords
@@ -248,3 +248,26 @@ def test_lloyd_jit_equals_eager():
   np.testing.assert_allclose(np.asarray(eager.centers), np.asarray(jitted.centers), atol=1e-6)
   assert int(eager.n_iter) == int(jitted.n_iter)
   chex.assert_trees_all_close(eager.inertia, jitted.inertia, rtol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_partition_cost_matches_numpy_and_kmeans_inertia(metric):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 4)).astype(np.float32)
+  lab = rng.integers(0, 3, 60)
+  u = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+  ref = 0.0
+  for k in range(3):
+    m = u[lab == k].mean(0)
+    ref += (np.sum(1 - u[lab == k] @ (m / np.linalg.norm(m))) if metric == "cosine"
+            else np.sum((u[lab == k] - m) ** 2))
+  cost = partition_cost(jnp.asarray(x), jnp.asarray(lab), 3, metric=metric)
+  chex.assert_shape(cost, ())
+  np.testing.assert_allclose(float(cost), ref / 60, rtol=1e-5)
+  # At Lloyd's fixed point the cost of k-means's own labels is its inertia / n.
+  res = kmeans(jax.random.key(0), jnp.asarray(x), 3, n_init=2, metric=metric)
+  np.testing.assert_allclose(float(partition_cost(jnp.asarray(x), res.labels, 3, metric=metric)),
+                             float(res.inertia) / 60, rtol=1e-4, atol=1e-6)
+  # An empty part costs nothing and gives no NaN.
+  assert np.isfinite(float(partition_cost(jnp.asarray(x), jnp.zeros(60, jnp.int32), 3,
+                                          metric=metric)))

@@ -2,7 +2,7 @@
 
 from clustering_jax.ops.distances import knn, map_row_blocks, sq_dists
 from clustering_jax.ops.kmeans import (KMeansResult, assign, kmeans, kmeans_plusplus, lloyd,
-                                       normalize)
+                                       normalize, partition_cost)
 
 __all__ = ["KMeansResult", "assign", "kmeans", "kmeans_plusplus", "knn", "lloyd",
-           "map_row_blocks", "normalize", "sq_dists"]
+           "map_row_blocks", "normalize", "partition_cost", "sq_dists"]

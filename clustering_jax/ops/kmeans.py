@@ -117,6 +117,22 @@ def lloyd(x: jax.Array, centers: jax.Array, *, metric: str = "euclidean", max_it
   return KMeansResult(labels, c, jnp.sum(d), it)
 
 
+def partition_cost(x: jax.Array, labels: jax.Array, n_clusters: int, *,
+                   metric: str = "euclidean") -> jax.Array:
+  """Mean k-means cost of any partition (labels in [0, n_clusters)) with each part's own
+  center: squared distance to the part's mean, or 1 - cos to its normalized mean. For the
+  labels and centers Lloyd converged to this is the inertia / n."""
+  if metric == "cosine":
+    x = normalize(x)
+  sums = jax.ops.segment_sum(x, labels, num_segments=n_clusters)
+  counts = jax.ops.segment_sum(jnp.ones_like(labels, x.dtype), labels, num_segments=n_clusters)
+  centers = sums / jnp.maximum(counts, 1.0)[:, None]
+  if metric == "cosine":
+    centers = normalize(centers)
+  d = _dist(x, centers, metric)
+  return jnp.mean(jnp.take_along_axis(d, labels[:, None].astype(jnp.int32), axis=1))
+
+
 @functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "max_iter", "metric"))
 def kmeans(key: jax.Array, x: jax.Array, n_clusters: int, *, n_init: int = 10,
            max_iter: int = 300, tol: float = 1e-4, metric: str = "euclidean") -> KMeansResult:
