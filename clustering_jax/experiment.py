@@ -179,7 +179,7 @@ def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
   np.save(out_dir / "embedding.npy", np.asarray(est.embedding_, np.float32))
   if est.init_labels_ is not None:
     np.save(out_dir / "init_labels.npy", np.asarray(est.init_labels_))
-  if getattr(est, "init_embedding_", None) is not None:
+  if est.init_embedding_ is not None:
     np.save(out_dir / "init_embedding.npy", np.asarray(est.init_embedding_, np.float32))
   write_json(out_dir / "results.json", results)
   plot_embedding(out_dir / "embedding_2d.png", est.embedding_, est.labels_,
