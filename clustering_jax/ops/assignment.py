@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from clustering_jax.ops.distances import sq_dists
+from clustering_jax.ops.distances import dot_hi, sq_dists
 
 _TINY = 1e-30
 
@@ -37,7 +37,7 @@ def core_similarity(z: jax.Array, anchors: jax.Array, anchor_labels: jax.Array,
                      f"{anchor_weights.shape} must be ({anchors.shape[0]},)")
   kernel = 1.0 / (1.0 + sq_dists(z, anchors))                                     # (b, m)
   member = jax.nn.one_hot(anchor_labels, n_clusters, dtype=z.dtype) * anchor_weights[:, None]
-  s = kernel @ member                                                              # Eq. 10
+  s = dot_hi(kernel, member)                                                       # Eq. 10
   if reduce == "mean":
     size = jnp.sum(member, axis=0)
     s = jnp.where(size > 0, s / jnp.maximum(size, _TINY), 0.0)

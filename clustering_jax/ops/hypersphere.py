@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from clustering_jax.ops.distances import dot_hi
 from clustering_jax.ops.kmeans import assign
 
 EPS = 1e-12
@@ -109,7 +110,7 @@ def uniformity_loss(centroids: jax.Array, present: jax.Array, *, eps: float = 1e
   if present.shape != (k,):
     raise ValueError(f"uniformity_loss: present {present.shape} must be ({k},)")
   pair = present[:, None] & present[None, :] & ~jnp.eye(k, dtype=bool)
-  gram = centroids @ centroids.T
+  gram = dot_hi(centroids, centroids.T)   # 1 - gram near 0: full float32
   # Masked pairs get a dummy denominator (no NaN leaks through the where's gradient).
   denom = jnp.where(pair, jnp.maximum(1.0 - gram, eps), 1.0)
   total = jnp.sum(jnp.where(pair, 1.0 / denom, 0.0))

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from clustering_jax.ops.distances import dot_hi
+
 METRICS = ("euclidean", "cosine")
 
 
@@ -35,11 +37,11 @@ def _dist(x, c, metric, xx=None):
   xx: optional precomputed (n, 1) squared norms of x (saves a pass per Lloyd step).
   """
   if metric == "cosine":
-    return jnp.maximum(1.0 - x @ c.T, 0.0)
+    return jnp.maximum(1.0 - dot_hi(x, c.T), 0.0)
   if xx is None:
     xx = jnp.sum(x * x, axis=1, keepdims=True)
   cc = jnp.sum(c * c, axis=1)[None, :]
-  return jnp.maximum(xx + cc - 2.0 * x @ c.T, 0.0)
+  return jnp.maximum(xx + cc - 2.0 * dot_hi(x, c.T), 0.0)
 
 
 def assign(x: jax.Array, centers: jax.Array, *, metric: str = "euclidean", xx=None):
