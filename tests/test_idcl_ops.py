@@ -14,7 +14,7 @@ from clustering_jax.ops.assignment import (core_similarity, kl_clustering_loss, 
                                            target_distribution)
 from clustering_jax.ops.curriculum import pacing, select_easy
 from clustering_jax.ops.density import (cutoff_distance, density_cores, difficulty_scores,
-                                        local_density, per_cluster_top_fraction)
+                                        kth_smallest, local_density, per_cluster_top_fraction)
 
 
 # ----------------------------------------------------------------------------- references
@@ -73,6 +73,33 @@ def test_cutoff_distance_sampled_estimate_is_close():
   assert abs(est - exact) / exact < 0.03
   with pytest.raises(ValueError, match="PRNG key"):
     cutoff_distance(jnp.asarray(z), lam1=0.02, exact_max_n=100)
+
+
+def test_kth_smallest_equals_sort_with_ties_zeros_and_inf():
+  rng = np.random.default_rng(5)
+  cases = [rng.exponential(size=1000), rng.choice([0.0, 1.0, 2.5, 3.0], size=200),
+           np.array([np.inf, 0.0, -0.0, 7.0, np.inf, 1e-30, 3e38]), np.array([4.0])]
+  for v in cases:
+    v = v.astype(np.float32)
+    ref = np.sort(np.where(v > 0, v, 0.0))
+    f = jax.jit(kth_smallest)
+    for pos in {0, len(v) // 3, len(v) // 2, len(v) - 1}:
+      got = np.asarray(f(jnp.asarray(v), pos))
+      assert got == ref[pos] and not np.signbit(got), (v[:8], pos, got, ref[pos])
+
+
+def test_cutoff_distance_is_the_sorted_upper_triangle_exactly():
+  # Selection by bisection must give the very float the sort of the n(n-1)/2 distances gives,
+  # including with duplicate points (zero distances) and a rank inside a run of ties.
+  rng = np.random.default_rng(6)
+  z = np.repeat(rng.normal(size=(30, 4)), 3, axis=0).astype(np.float32)
+  zj = jnp.asarray(z)
+  from clustering_jax.ops.distances import sq_dists
+  iu = np.triu_indices(len(z), k=1)
+  d = np.sort(np.sqrt(np.asarray(sq_dists(zj, zj))[iu]))
+  for lam in (0.005, 0.02, 0.3, 1.0):
+    pos = max(math.ceil(lam * len(d) - 1e-4) - 1, 0)
+    assert np.asarray(cutoff_distance(zj, lam1=lam)) == max(d[pos], np.float32(1e-12))
 
 
 def test_local_density_matches_numpy_in_blocks(emb):

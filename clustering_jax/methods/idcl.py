@@ -281,8 +281,9 @@ def make_steps(net, cfg: Config, n_clusters: int):
       core = jnp.zeros(z.shape[:1], bool)
       anchors, anchor_labels = km.centers, jnp.arange(n_clusters, dtype=jnp.int32)
       anchor_w = jnp.ones((n_clusters,), z.dtype)
-    q = soft_assignment(core_similarity(z, anchors, anchor_labels, anchor_w,     # Eq. 10-11
-                                        n_clusters=n_clusters, reduce=cfg.core_reduce))
+    # Eq. 10-11 in row blocks: with every sample a potential core anchor the kernel is n × n.
+    q = map_row_blocks(lambda zb, _: soft_assignment(core_similarity(
+        zb, anchors, anchor_labels, anchor_w, n_clusters=n_clusters, reduce=cfg.core_reduce)), z)
     p = target_distribution(q)                                                # DEC target
     y = jnp.argmax(q, axis=1).astype(jnp.int32)
     v = select_easy(delta, y, zeta=zeta, n_clusters=n_clusters)              # Eq. 7-8
