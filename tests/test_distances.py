@@ -81,3 +81,36 @@ def test_map_row_blocks_padding_never_nan():
 def test_map_row_blocks_under_jit():
   f = jax.jit(lambda x: map_row_blocks(lambda r, i: r * 2.0, x, block=6))
   np.testing.assert_allclose(np.asarray(f(jnp.asarray(X))), X * 2.0)
+
+
+def test_distance_matmuls_ask_for_full_float32():
+  # GPUs round float32 matmul inputs to TF32 by default (sq_dists was off by 4e-3 on an H200);
+  # the CPU ignores the setting, so this checks the request itself in the traced program.
+  from clustering_jax.ops import kmeans
+  from clustering_jax.ops.hypersphere import uniformity_loss
+
+  def dots(fn, *args):
+    eqns = jax.make_jaxpr(fn)(*args).eqns
+    found = []
+    def walk(eqs):
+      for e in eqs:
+        if e.primitive.name == "dot_general":
+          found.append(e.params["precision"])
+        for v in e.params.values():
+          for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+            if hasattr(sub, "jaxpr"):
+              walk(sub.jaxpr.eqns if hasattr(sub.jaxpr, "eqns") else sub.eqns)
+            elif hasattr(sub, "eqns"):
+              walk(sub.eqns)
+    walk(eqns)
+    return found
+
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.asarray(X)
+  for fn, args in [(sq_dists, (x, x)),
+                   (lambda a: kmeans(jax.random.key(0), a, 3, n_init=1, max_iter=2), (x,)),
+                   (lambda a: kmeans(jax.random.key(0), a, 3, n_init=1, max_iter=2,
+                                     metric="cosine"), (x,)),
+                   (lambda c: uniformity_loss(c, jnp.ones(3, bool)), (x[:3],))]:
+    precisions = dots(fn, *args)
+    assert precisions and all(p == (hi, hi) for p in precisions), precisions
