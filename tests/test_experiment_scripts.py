@@ -86,3 +86,26 @@ def test_run_directory_holds_the_starting_point(tmp_path):
   y = np.asarray(load_dataset("digits").labels)
   res = json.loads((out / "results.json").read_text())
   assert res["init"]["acc"] == metrics.accuracy(y, lab0)
+
+
+def test_gpu_collect_condenses_finished_and_cut_runs(tmp_path):
+  spec = importlib.util.spec_from_file_location("collect", ROOT / "experiments" / "gpu" / "collect.py")
+  collect = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(collect)
+  done, cut = tmp_path / "runs" / "done", tmp_path / "runs" / "cut"
+  for d in (done, cut):
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"method": "ulhe", "seed": 0}))
+    rows = [{"stage": "pretrain", "epoch": 0, "time_s": 1.0, "rec": 0.5},
+            {"stage": "pretrain", "epoch": 1, "time_s": 2.0, "rec": 0.4, "acc": 0.6, "nmi": 0.5},
+            {"stage": "cluster", "epoch": 0, "time_s": 3.0, "acc": 0.7, "loss": 1.0}]
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  (done / "results.json").write_text(json.dumps({"acc": 0.7}))
+  out = tmp_path / "out"
+  collect.main(["--out", str(out), str(done), str(cut)])
+  a, b = (json.loads((out / f"{n}.json").read_text()) for n in ("done", "cut"))
+  assert a["results"] == {"acc": 0.7} and b["results"] is None   # a cut run keeps its log only
+  assert a["n_log_rows"] == 3
+  assert [(r["stage"], r["epoch"], r["acc"]) for r in a["curve"]] == [("pretrain", 1, 0.6),
+                                                                     ("cluster", 0, 0.7)]
+  assert "loss" not in a["curve"][1] and a["curve"][0]["rec"] == 0.4
