@@ -57,9 +57,10 @@ def cutoff_distance(z: jax.Array, key: Optional[jax.Array] = None, *, lam1: floa
   """The density radius d_c of Eq. 1: the pairwise distance ranked at λ1 (ascending).
 
   "determined by sorting n² distances ... and selecting a number ranked at λ1" (§3.1,
-  after Rodriguez & Laio 2014). We sort the n(n-1)/2 distances of distinct pairs i < j (the n
-  zero self-distances carry no information) and take the value at 0-based position
-  ceil(λ1·N) - 1. For n > exact_max_n the same rank is taken on `n_pairs` pairs (i, j), i != j,
+  after Rodriguez & Laio 2014). Of the n(n-1)/2 distances of distinct pairs i < j (the n
+  zero self-distances carry no information) we take the value at 0-based position
+  ceil(λ1·N) - 1 of their ascending order, selected exactly by `kth_smallest` (the same float
+  a full sort gives, without the sort). For n > exact_max_n the same rank is taken on `n_pairs` pairs (i, j), i != j,
   drawn uniformly with `key` — an unbiased estimate of the quantile, O(n_pairs) memory.
 
   Args:
