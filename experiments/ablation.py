@@ -55,7 +55,8 @@ METHODS = {
              "pretrain_fields": ("backbone", "hidden", "latent", "depth", "num_heads",
                                  "mlp_ratio", "pos_encoding", "norm_first", "image_size",
                                  "pretrain_lr", "batch_size", "pretrain_epochs", "rec_loss",
-                                 "augment")},
+                                 "augment"),
+             "pretrain_fields_added": ("pretrain_schedule", "pretrain_warmup")},
     "ulhe": {"epochs_field": "cluster_epochs", "stage": "cluster", "extra": _ulhe_extra,
              "pretrain_fields": ("hidden", "latent", "weight_init", "pretrain_epochs",
                                  "pretrain_batch_size", "pretrain_optimizer", "pretrain_lr",
@@ -78,6 +79,10 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
   cfg = dataclasses.replace(mod.Config(), **{**base, spec["epochs_field"]: epochs,
                                              **overrides})
   pre = {f: getattr(cfg, f) for f in spec["pretrain_fields"]}
+  # Fields added later enter the hash only when they differ from their defaults, so the
+  # work directories named in earlier records stay valid.
+  pre.update({f: getattr(cfg, f) for f in spec.get("pretrain_fields_added", ())
+              if getattr(cfg, f) != getattr(mod.Config(), f)})
   tag = hashlib.sha1(json.dumps(pre, sort_keys=True, default=str).encode()).hexdigest()[:10]
   pre_dir = work / f"pretrain_{data.name}_s{seed}_{tag}"
   y = np.asarray(data.labels)

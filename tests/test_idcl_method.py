@@ -190,3 +190,70 @@ def test_loss_reductions_switch_the_objective():
                              rtol=1e-5)
   for v in out.values():  # Eq. 14: L = L_rec + α·L_clu
     np.testing.assert_allclose(v["loss"], v["loss_rec"] + 0.1 * v["loss_kl"], rtol=1e-5)
+
+
+def test_pretrain_lr_schedule_values_and_validation():
+  """warmup_cosine: 0 -> 1 linearly over 10 % of the steps, then a half cosine to 0."""
+  cfg = m.Config(pretrain_schedule="warmup_cosine", pretrain_warmup=0.1)
+  f = m.pretrain_lr_factor(cfg, 100)
+  t = np.arange(101)
+  ref = np.where(t < 10, t / 10, 0.5 * (1 + np.cos(np.pi * np.clip((t - 10) / 90, 0, 1))))
+  np.testing.assert_allclose([float(f(i)) for i in t], ref, atol=1e-6)
+  assert m.pretrain_lr_factor(m.Config(), 100) is None   # constant: no multiplier
+  with pytest.raises(ValueError, match="pretrain_schedule"):
+    m.Config(pretrain_schedule="step").validate()
+  with pytest.raises(ValueError, match="pretrain_warmup"):
+    m.Config(pretrain_warmup=1.0).validate()
+
+
+def test_pretrain_schedule_scales_the_adam_step():
+  """At Adam step 0 the warm-up factor is 0 (no move); at the end of warm-up the step equals
+  the constant-rate step."""
+  x_all = jnp.asarray(np.random.default_rng(0).uniform(size=(16, 8, 8, 1)), jnp.float32)
+  idx, w, key = jnp.arange(8, dtype=jnp.int32), jnp.ones(8), jax.random.key(1)
+  moved = {}
+  for sched in ("constant", "warmup_cosine"):
+    cfg = m.Config(**TINY, augment=False, pretrain_schedule=sched, pretrain_warmup=0.5)
+    net = m.make_net(cfg, x_all.shape)
+    steps = m.make_steps(net, cfg, 2, 4)              # warm-up: 2 of 4 steps
+    params = net.init(jax.random.key(0), x_all[:2])
+    state = m.TrainState(params, steps["tx"].init(params))
+    deltas = []
+    for _ in range(3):
+      new, _ = steps["pretrain_step"](jax.tree.map(jnp.copy, state), x_all, idx, w, key)
+      deltas.append(jax.tree.map(lambda a, b: np.asarray(a - b), new.params, state.params))
+      state = new
+    moved[sched] = deltas
+  leaves = lambda t: np.concatenate([a.ravel() for a in jax.tree.leaves(t)])
+  assert np.all(leaves(moved["warmup_cosine"][0]) == 0)                    # factor 0
+  assert np.abs(leaves(moved["constant"][0])).max() > 0
+  # step index 1: factor 0.5 on Adam's step (which differs from the constant run's
+  # because the parameters differ); step index 2 is the peak: factor 1
+  assert 0 < np.abs(leaves(moved["warmup_cosine"][1])).max() < 0.0011
+  np.testing.assert_allclose(np.abs(leaves(moved["warmup_cosine"][1])).max(), 0.0005, rtol=0.05)
+
+
+def test_pretrain_resume_keeps_the_schedule(tmp_path, small_digits):
+  """The schedule reads Adam's checkpointed step count: a pre-training killed after one
+  epoch and resumed ends where an uninterrupted one does."""
+  class Killed(RuntimeError):
+    pass
+
+  class KillingRun(Run):
+    def log(self, stage, epoch, metrics, **kw):
+      if stage == "pretrain" and epoch == 1:
+        raise Killed()
+      return super().log(stage, epoch, metrics, **kw)
+
+  kw = dict(pretrain_epochs=3, epochs=0, pretrain_schedule="warmup_cosine",
+            pretrain_lr=0.003)
+  ref = fit(small_digits, run=Run(None), **kw)
+  with pytest.raises(Killed):
+    fit(small_digits, run=KillingRun(tmp_path, checkpoint_every=1), **kw)
+  run = Run(tmp_path, checkpoint_every=1)
+  resumed = fit(small_digits, run=run, **kw)
+  run.close()
+  assert [r["epoch"] for r in run.history if r["stage"] == "pretrain"][0] == 1
+  np.testing.assert_allclose(resumed.embedding_, ref.embedding_, rtol=1e-5, atol=1e-5)
+  const = fit(small_digits, run=Run(None), **{**kw, "pretrain_schedule": "constant"})
+  assert not np.allclose(const.embedding_, ref.embedding_, atol=1e-4)

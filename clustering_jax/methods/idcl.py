@@ -64,6 +64,9 @@ class Config:
       embedding size C·H/4·W/4 is odd or H, W do not split into 4 (28×28 -> 32×32, App. F).
     lr, pretrain_lr: Adam learning rates of the clustering stage and of pre-training.
       The paper gives 0.01 for both (§4); see docs/methods/idcl.md for what we measured.
+    pretrain_schedule: "constant" (pretrain_lr throughout; the paper states no schedule) or
+      "warmup_cosine": linear warm-up from 0 to pretrain_lr over the first pretrain_warmup
+      fraction of the pre-training steps, then cosine decay to 0 at the last step.
     batch_size, pretrain_epochs, epochs: 256, 100 and 200 (§4).
     alpha: weight α of the KL term in Eq. 14 (0.1).
     lam1: d_c rank λ1 (2 %); lam2: density-core rank λ2 (5 %).
@@ -108,6 +111,8 @@ class Config:
   image_size: int = 0
   lr: float = 0.001
   pretrain_lr: float = 0.001
+  pretrain_schedule: str = "constant"
+  pretrain_warmup: float = 0.1
   batch_size: int = 256
   pretrain_epochs: int = 100
   epochs: int = 200
@@ -145,6 +150,11 @@ class Config:
       v = getattr(self, name)
       if not 0.0 < v <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {v}")
+    if self.pretrain_schedule not in ("constant", "warmup_cosine"):
+      raise ValueError(f"pretrain_schedule must be 'constant' or 'warmup_cosine', "
+                       f"got {self.pretrain_schedule!r}")
+    if not 0.0 <= self.pretrain_warmup < 1.0:
+      raise ValueError(f"pretrain_warmup must be in [0, 1), got {self.pretrain_warmup}")
     if self.t_grow <= 0 or self.batch_size < 1 or self.lr <= 0:
       raise ValueError("t_grow, batch_size and lr must be positive")
     if self.epochs < 0 or self.pretrain_epochs < 0:
@@ -201,8 +211,19 @@ def _rec_per_sample(x, x_hat, how):
   return jnp.sum(se, axis=1) if how == "sum" else jnp.mean(se, axis=1)
 
 
+def pretrain_lr_factor(cfg: Config, total_steps: int):
+  """Multiplier of pretrain_lr as a function of the Adam step count (0-based), or None for a
+  constant rate. "warmup_cosine": 0 -> 1 linearly over round(pretrain_warmup · total_steps)
+  steps, then a half cosine down to 0 at total_steps (optax's warmup-cosine schedule)."""
+  if cfg.pretrain_schedule == "constant" or total_steps < 1:
+    return None
+  warm = int(round(cfg.pretrain_warmup * total_steps))
+  return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=warm,
+                                            decay_steps=max(total_steps, warm + 1))
+
+
 @functools.lru_cache(maxsize=16)
-def make_steps(net, cfg: Config, n_clusters: int):
+def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0):
   """The jitted pieces of IDCL for one network and config.
 
   Returns a dict of pure functions:
@@ -212,10 +233,12 @@ def make_steps(net, cfg: Config, n_clusters: int):
     embed(params, x_all) -> z (n, latent)
     assign(z, key, prev_labels, zeta) -> dict of the epoch's clustering quantities
         (Alg. 2 lines 5–10 and Algorithm 1's mask)
-  Cached per (net, config, k), so repeated fits reuse the compiled steps.
+  pretrain_steps: the number of pre-training steps (the length of pretrain_schedule).
+  Cached per (net, config, k, pretrain_steps), so repeated fits reuse the compiled steps.
   """
   tx = optax.adam(cfg.lr)                 # clustering stage
   tx_pre = optax.adam(cfg.pretrain_lr)    # pre-training (same state structure)
+  lr_factor = pretrain_lr_factor(cfg, pretrain_steps)
 
   def augment(x, key):
     if cfg.augment and x.ndim == 4:
@@ -231,6 +254,9 @@ def make_steps(net, cfg: Config, n_clusters: int):
     x = augment(x_all[idx], key)
     (loss, _), g = jax.value_and_grad(_rec_loss, has_aux=True)(state.params, x, w)
     upd, opt_state = tx_pre.update(g, state.opt_state, state.params)
+    if lr_factor is not None:  # the schedule reads Adam's own step count (checkpointed)
+      f = lr_factor(state.opt_state[0].count)
+      upd = jax.tree.map(lambda u: u * f, upd)
     return TrainState(optax.apply_updates(state.params, upd), opt_state), {"loss_rec": loss}
 
   def train_step(state, x_all, p_all, anchors, anchor_labels, anchor_w, idx, w, key):
@@ -380,7 +406,8 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   n = x_np.shape[0]
   x_all = jnp.asarray(x_np)
   net = make_net(cfg, x_np.shape)
-  steps = make_steps(net, cfg, k)
+  batches_per_epoch = max(n // cfg.batch_size, 1)  # as _epoch_batches: full batches only
+  steps = make_steps(net, cfg, k, cfg.pretrain_epochs * batches_per_epoch)
   tx = steps["tx"]
   k_init, k_pre, k_train, k_km0 = jax.random.split(key, 4)
   params = jax.jit(net.init)(k_init, x_all[:2])
