@@ -56,7 +56,9 @@ METHODS = {
                                  "mlp_ratio", "pos_encoding", "norm_first", "image_size",
                                  "pretrain_lr", "batch_size", "pretrain_epochs", "rec_loss",
                                  "augment"),
-             "pretrain_fields_added": ("pretrain_schedule", "pretrain_warmup")},
+             # fields added later, with the value every earlier record implied
+             "pretrain_fields_added": {"pretrain_schedule": "constant",
+                                       "pretrain_warmup": 0.1}},
     "ulhe": {"epochs_field": "cluster_epochs", "stage": "cluster", "extra": _ulhe_extra,
              "pretrain_fields": ("hidden", "latent", "weight_init", "pretrain_epochs",
                                  "pretrain_batch_size", "pretrain_optimizer", "pretrain_lr",
@@ -79,10 +81,10 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
   cfg = dataclasses.replace(mod.Config(), **{**base, spec["epochs_field"]: epochs,
                                              **overrides})
   pre = {f: getattr(cfg, f) for f in spec["pretrain_fields"]}
-  # Fields added later enter the hash only when they differ from their defaults, so the
-  # work directories named in earlier records stay valid.
-  pre.update({f: getattr(cfg, f) for f in spec.get("pretrain_fields_added", ())
-              if getattr(cfg, f) != getattr(mod.Config(), f)})
+  # Fields added later enter the hash only when they differ from the value earlier records
+  # implied, so the work directories named in those records stay valid.
+  pre.update({f: getattr(cfg, f) for f, old in spec.get("pretrain_fields_added", {}).items()
+              if getattr(cfg, f) != old})
   tag = hashlib.sha1(json.dumps(pre, sort_keys=True, default=str).encode()).hexdigest()[:10]
   pre_dir = work / f"pretrain_{data.name}_s{seed}_{tag}"
   y = np.asarray(data.labels)
@@ -106,6 +108,15 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
           "epochs": epochs, "epochs_run": res.info["epochs"],
           "init": score(res.init_labels), "final": score(res.labels),
           **spec["extra"](res, rows), "acc_curve": curve, "wall_s": round(wall, 1)}
+
+
+def _commit() -> str:
+  import subprocess
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
 
 
 def main(argv=None):
@@ -140,6 +151,7 @@ def main(argv=None):
       cmd += ["--config", args.config]
       rec["config"] = args.config
     rec["command"] = " ".join(cmd + ["--variant", f"'{spec}'"])
+    rec["commit"] = _commit()  # the defaults in force (records before 2026-11-30 lack it)
     key = lambda r: (r["dataset"], r["seed"], r["variant"], r["epochs"], r.get("config"))
     records = [r for r in records if key(r) != key(rec)] + [rec]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,9 @@ def test_registry_and_params():
   est = IDCL(n_clusters=10)
   assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
   assert est.config.pretrain_epochs == 100 and est.config.epochs == 200
-  assert est.config.lr == est.config.pretrain_lr == 0.001  # paper: 0.01 (see the method page)
+  assert est.config.lr == 0.001  # paper: 0.01 (see the method page)
+  # pre-training: peak 0.003 with warm-up and cosine decay, chosen by L_rec alone
+  assert (est.config.pretrain_lr, est.config.pretrain_schedule) == (0.003, "warmup_cosine")
   # Eq. 13 and Eq. 16-17: L_rec summed over pixels, both terms averaged over the batch
   assert (est.config.rec_loss, est.config.kl_reduce) == ("sum", "mean")
   with pytest.raises(TypeError):
@@ -199,7 +201,7 @@ def test_pretrain_lr_schedule_values_and_validation():
   t = np.arange(101)
   ref = np.where(t < 10, t / 10, 0.5 * (1 + np.cos(np.pi * np.clip((t - 10) / 90, 0, 1))))
   np.testing.assert_allclose([float(f(i)) for i in t], ref, atol=1e-6)
-  assert m.pretrain_lr_factor(m.Config(), 100) is None   # constant: no multiplier
+  assert m.pretrain_lr_factor(m.Config(pretrain_schedule="constant"), 100) is None
   with pytest.raises(ValueError, match="pretrain_schedule"):
     m.Config(pretrain_schedule="step").validate()
   with pytest.raises(ValueError, match="pretrain_warmup"):
@@ -213,7 +215,8 @@ def test_pretrain_schedule_scales_the_adam_step():
   idx, w, key = jnp.arange(8, dtype=jnp.int32), jnp.ones(8), jax.random.key(1)
   moved = {}
   for sched in ("constant", "warmup_cosine"):
-    cfg = m.Config(**TINY, augment=False, pretrain_schedule=sched, pretrain_warmup=0.5)
+    cfg = m.Config(**TINY, augment=False, pretrain_schedule=sched, pretrain_warmup=0.5,
+                   pretrain_lr=0.001)
     net = m.make_net(cfg, x_all.shape)
     steps = m.make_steps(net, cfg, 2, 4)              # warm-up: 2 of 4 steps
     params = net.init(jax.random.key(0), x_all[:2])

@@ -49,7 +49,8 @@ class Config:
 
   Departures from the paper's defaults, each measured on digits without labels (the
   reconstruction loss, the label change rate) and explained in docs/methods/idcl.md:
-  lr = pretrain_lr = 0.001 (paper 0.01), reset_optimizer=False, core_reduce="mean",
+  lr = 0.001 (paper 0.01), pre-training at a peak pretrain_lr = 0.003 with a warm-up and
+  cosine decay (paper: 0.01, no schedule stated), reset_optimizer=False, core_reduce="mean",
   norm_first=True. The loss balance is Eq. 16–17's: L_rec per sample summed over pixels
   (Eq. 13, rec_loss="sum") and KL per sample, both averaged over the batch (kl_reduce="mean").
 
@@ -65,8 +66,10 @@ class Config:
     lr, pretrain_lr: Adam learning rates of the clustering stage and of pre-training.
       The paper gives 0.01 for both (§4); see docs/methods/idcl.md for what we measured.
     pretrain_schedule: "constant" (pretrain_lr throughout; the paper states no schedule) or
-      "warmup_cosine": linear warm-up from 0 to pretrain_lr over the first pretrain_warmup
-      fraction of the pre-training steps, then cosine decay to 0 at the last step.
+      "warmup_cosine" (default): linear warm-up from 0 to pretrain_lr over the first
+      pretrain_warmup fraction of the pre-training steps, then cosine decay to 0 at the last
+      step. Chosen with pretrain_lr = 0.003 by the reconstruction loss alone
+      (experiments/pretrain_schedule.py; docs/methods/idcl.md).
     batch_size, pretrain_epochs, epochs: 256, 100 and 200 (§4).
     alpha: weight α of the KL term in Eq. 14 (0.1).
     lam1: d_c rank λ1 (2 %); lam2: density-core rank λ2 (5 %).
@@ -110,8 +113,8 @@ class Config:
   norm_first: bool = True
   image_size: int = 0
   lr: float = 0.001
-  pretrain_lr: float = 0.001
-  pretrain_schedule: str = "constant"
+  pretrain_lr: float = 0.003
+  pretrain_schedule: str = "warmup_cosine"
   pretrain_warmup: float = 0.1
   batch_size: int = 256
   pretrain_epochs: int = 100
