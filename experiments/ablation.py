@@ -66,6 +66,17 @@ METHODS = {
 }
 
 
+def pretrain_tag(method: str, cfg) -> str:
+  """Hash of the Config fields that change stage 1: the name of a shared pre-training."""
+  spec = METHODS[method]
+  pre = {f: getattr(cfg, f) for f in spec["pretrain_fields"]}
+  # Fields added later enter the hash only when they differ from the value earlier records
+  # implied, so the work directories named in those records stay valid.
+  pre.update({f: getattr(cfg, f) for f, old in spec.get("pretrain_fields_added", {}).items()
+              if getattr(cfg, f) != old})
+  return hashlib.sha1(json.dumps(pre, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, seed: int,
                 epochs: int, work: Path, curve_every: int) -> dict:
   import importlib
@@ -80,12 +91,7 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
   mod = importlib.import_module(f"clustering_jax.methods.{method}")
   cfg = dataclasses.replace(mod.Config(), **{**base, spec["epochs_field"]: epochs,
                                              **overrides})
-  pre = {f: getattr(cfg, f) for f in spec["pretrain_fields"]}
-  # Fields added later enter the hash only when they differ from the value earlier records
-  # implied, so the work directories named in those records stay valid.
-  pre.update({f: getattr(cfg, f) for f, old in spec.get("pretrain_fields_added", {}).items()
-              if getattr(cfg, f) != old})
-  tag = hashlib.sha1(json.dumps(pre, sort_keys=True, default=str).encode()).hexdigest()[:10]
+  tag = pretrain_tag(method, cfg)
   pre_dir = work / f"pretrain_{data.name}_s{seed}_{tag}"
   y = np.asarray(data.labels)
   score = lambda lab: {"acc": metrics.accuracy(y, lab), "nmi": metrics.nmi(y, lab)}

@@ -109,3 +109,18 @@ def test_gpu_collect_condenses_finished_and_cut_runs(tmp_path):
   assert [(r["stage"], r["epoch"], r["acc"]) for r in a["curve"]] == [("pretrain", 1, 0.6),
                                                                      ("cluster", 0, 0.7)]
   assert "loss" not in a["curve"][1] and a["curve"][0]["rec"] == 0.4
+
+
+def test_ablation_pretrain_tag_keeps_earlier_work_directories():
+  """The records of 2026-11-30 name pretrain_digits_s*_a0c2f900ec (constant lr 0.001, 1000
+  epochs); a field added since must not rename it, and a changed field must."""
+  import dataclasses
+
+  from clustering_jax.methods import idcl
+  abl = _script("ablation")
+  legacy = json.loads((ROOT / "experiments/configs/idcl_pretrain1000.json").read_text())
+  cfg = dataclasses.replace(idcl.Config(), **legacy)
+  assert abl.pretrain_tag("idcl", cfg) == "a0c2f900ec"
+  assert abl.pretrain_tag("idcl", dataclasses.replace(cfg, pretrain_warmup=0.2)) != "a0c2f900ec"
+  assert abl.pretrain_tag("idcl", idcl.Config()) != abl.pretrain_tag(
+      "idcl", dataclasses.replace(idcl.Config(), pretrain_schedule="constant"))
