@@ -145,6 +145,7 @@ def main(argv=None):
   out = Path(args.out or f"docs/results/{args.method}_ablation.json")
   work = Path(args.work or f"runs/{args.method}_ablation")
   records = json.loads(out.read_text()) if out.exists() else []
+  commit = _commit()  # the code this process loaded
   for spec in args.variant:
     name, _, js = spec.partition("=")
     rec = run_variant(data, args.method, name, base, json.loads(js or "{}"), seed=args.seed,
@@ -157,7 +158,7 @@ def main(argv=None):
       cmd += ["--config", args.config]
       rec["config"] = args.config
     rec["command"] = " ".join(cmd + ["--variant", f"'{spec}'"])
-    rec["commit"] = _commit()  # the defaults in force (records before 2026-11-30 lack it)
+    rec["commit"] = commit  # the defaults in force (records before 2026-11-30 lack it)
     key = lambda r: (r["dataset"], r["seed"], r["variant"], r["epochs"], r.get("config"))
     records = [r for r in records if key(r) != key(rec)] + [rec]
     out.parent.mkdir(parents=True, exist_ok=True)
