@@ -260,3 +260,16 @@ def test_pretrain_resume_keeps_the_schedule(tmp_path, small_digits):
   np.testing.assert_allclose(resumed.embedding_, ref.embedding_, rtol=1e-5, atol=1e-5)
   const = fit(small_digits, run=Run(None), **{**kw, "pretrain_schedule": "constant"})
   assert not np.allclose(const.embedding_, ref.embedding_, atol=1e-4)
+
+
+def test_pretraining_that_learns_nothing_warns(small_digits):
+  """fit_info_ reports the final pre-training L_rec over the data's total variance (label
+  free); at a rate too small to move the weights it stays above 0.9 and fit warns."""
+  run = Run(None)
+  with pytest.warns(RuntimeWarning, match="total variance"):
+    est = fit(small_digits, run=run, epochs=0, pretrain_lr=1e-12, pretrain_schedule="constant")
+  x = np.asarray(small_digits.views[0], np.float64).reshape(200, -1)
+  last = [r["loss_rec"] for r in run.history if r["stage"] == "pretrain"][-1]
+  ratio = est.fit_info_["pretrain_rec_over_variance"]
+  np.testing.assert_allclose(ratio, last / x.var(axis=0).sum(), rtol=1e-3)
+  assert ratio > 0.9

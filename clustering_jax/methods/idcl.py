@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -433,6 +434,20 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   pre_epochs = max(cfg.pretrain_epochs - start, 0)
   pre_wall = time.perf_counter() - t_stage - pre_timer.compile_this_fit
   params = state.params
+  # Label-free check: an autoencoder that reconstructs the mean image has L_rec (summed over
+  # features) equal to the data's total variance. Seen with a short warm-up on hdigit-mnist.
+  last_rec = [r["loss_rec"] for r in run.history if r["stage"] == "pretrain"][-1:]
+  total_var = float(np.sum(np.var(x_np.reshape(n, -1), axis=0, dtype=np.float64)))
+  if last_rec and total_var > 0:
+    per_sample = last_rec[0] * (1 if cfg.rec_loss == "sum" else x_np[0].size)
+    ratio = per_sample / total_var
+    info["pretrain_rec_over_variance"] = round(ratio, 4)
+    if ratio > 0.9:
+      warnings.warn(f"IDCL pre-training ended with L_rec at {ratio:.0%} of the data's total "
+                    "variance: the autoencoder barely beats reconstructing the mean image, and "
+                    "its embedding may have collapsed; try another seed, more pre-training "
+                    "epochs or pretrain_schedule='constant' with pretrain_lr=0.001",
+                    RuntimeWarning, stacklevel=2)
 
   # ---- starting point: k-means on the pre-trained embedding ------------------------------
   z0 = steps["embed"](params, x_all)
