@@ -444,9 +444,9 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
     info["pretrain_rec_over_variance"] = round(ratio, 4)
     if ratio > 0.9:
       warnings.warn(f"IDCL pre-training ended with L_rec at {ratio:.0%} of the data's total "
-                    "variance: the autoencoder barely beats reconstructing the mean image, and "
-                    "its embedding may have collapsed; try another seed, more pre-training "
-                    "epochs or pretrain_schedule='constant' with pretrain_lr=0.001",
+                    "variance (reconstructing the mean image scores 100%): the embedding may "
+                    "be untrained or collapsed; pre-train for more epochs, try another seed, "
+                    "or use pretrain_schedule='constant' with pretrain_lr=0.001",
                     RuntimeWarning, stacklevel=2)
 
   # ---- starting point: k-means on the pre-trained embedding ------------------------------
