@@ -37,8 +37,8 @@ def test_registry_and_params():
   assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
   assert est.config.pretrain_epochs == 100 and est.config.epochs == 200
   assert est.config.lr == 0.001  # paper: 0.01 (see the method page)
-  # pre-training: peak 0.003 with warm-up and cosine decay, chosen by L_rec alone
-  assert (est.config.pretrain_lr, est.config.pretrain_schedule) == (0.003, "warmup_cosine")
+  # pre-training: peak 0.001 with warm-up and cosine decay, chosen without labels
+  assert (est.config.pretrain_lr, est.config.pretrain_schedule) == (0.001, "warmup_cosine")
   # Eq. 13 and Eq. 16-17: L_rec summed over pixels, both terms averaged over the batch
   assert (est.config.rec_loss, est.config.kl_reduce) == ("sum", "mean")
   with pytest.raises(TypeError):
@@ -272,4 +272,22 @@ def test_pretraining_that_learns_nothing_warns(small_digits):
   last = [r["loss_rec"] for r in run.history if r["stage"] == "pretrain"][-1]
   ratio = est.fit_info_["pretrain_rec_over_variance"]
   np.testing.assert_allclose(ratio, last / x.var(axis=0).sum(), rtol=1e-3)
-  assert ratio > 0.9
+  assert ratio > 0.9 and est.fit_info_["embedding_spread"] > 0
+
+
+def test_pretrain_health_flags_a_collapsed_embedding():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 8, 8, 1))
+  z_ok = rng.normal(size=(50, 4))
+  info, problems = m.pretrain_health(x, z_ok, last_rec=0.1 * x.reshape(50, -1).var(0).sum())
+  assert problems == [] and info["pretrain_rec_over_variance"] == pytest.approx(0.1)
+  assert 0.5 < info["embedding_spread"] <= 1.0
+  z_point = np.tile(rng.normal(size=(1, 4)), (50, 1))            # every input -> one point
+  info, problems = m.pretrain_health(x, z_point, last_rec=None)
+  assert info["embedding_spread"] == 0.0 and len(problems) == 1 and "same point" in problems[0]
+  _, problems = m.pretrain_health(x, np.zeros((50, 4)), last_rec=None)   # the origin too
+  assert len(problems) == 1
+  # per-pixel L_rec (rec_loss="mean") is scaled back to a per-sample sum
+  info, _ = m.pretrain_health(x, z_ok, last_rec=x.reshape(50, -1).var(0).mean(),
+                              rec_loss="mean")
+  assert info["pretrain_rec_over_variance"] == pytest.approx(1.0)

@@ -50,7 +50,7 @@ class Config:
 
   Departures from the paper's defaults, each measured on digits without labels (the
   reconstruction loss, the label change rate) and explained in docs/methods/idcl.md:
-  lr = 0.001 (paper 0.01), pre-training at a peak pretrain_lr = 0.003 with a warm-up and
+  lr = 0.001 (paper 0.01), pre-training at a peak pretrain_lr = 0.001 with a warm-up and
   cosine decay (paper: 0.01, no schedule stated), reset_optimizer=False, core_reduce="mean",
   norm_first=True. The loss balance is Eq. 16–17's: L_rec per sample summed over pixels
   (Eq. 13, rec_loss="sum") and KL per sample, both averaged over the batch (kl_reduce="mean").
@@ -69,7 +69,8 @@ class Config:
     pretrain_schedule: "constant" (pretrain_lr throughout; the paper states no schedule) or
       "warmup_cosine" (default): linear warm-up from 0 to pretrain_lr over the first
       pretrain_warmup fraction of the pre-training steps, then cosine decay to 0 at the last
-      step. Chosen with pretrain_lr = 0.003 by the reconstruction loss alone
+      step. Chosen with pretrain_lr = 0.001 by the reconstruction loss and by stability
+      (a peak of 0.003 collapsed the autoencoder at 10 and at 1000 epochs), without labels
       (experiments/pretrain_schedule.py; docs/methods/idcl.md).
     batch_size, pretrain_epochs, epochs: 256, 100 and 200 (§4).
     alpha: weight α of the KL term in Eq. 14 (0.1).
@@ -114,7 +115,7 @@ class Config:
   norm_first: bool = True
   image_size: int = 0
   lr: float = 0.001
-  pretrain_lr: float = 0.003
+  pretrain_lr: float = 0.001
   pretrain_schedule: str = "warmup_cosine"
   pretrain_warmup: float = 0.1
   batch_size: int = 256
@@ -401,6 +402,39 @@ def _run_steps(step_fn, compiled, timer, state, batches, *args, key):
   return state, (metrics_sum or {}), n
 
 
+def pretrain_health(x: np.ndarray, z: np.ndarray, last_rec: Optional[float],
+                    rec_loss: str = "sum") -> tuple[dict, list]:
+  """Label-free checks of a pre-trained autoencoder: (values for fit_info_, warnings).
+
+  rec_over_variance: the last pre-training L_rec (per sample, summed over features) over the
+    data's total variance — an autoencoder that outputs the mean image scores 1.
+  embedding_spread: RMS distance of the embedding from its mean, relative to its RMS norm —
+    0 when the encoder maps every input to one point.
+  Both failures were seen: a 10-epoch warm-up on hdigit-mnist (ratio 0.94) and a 1000-epoch
+  schedule at peak 0.003 on digits (every embedding identical).
+  """
+  n = x.shape[0]
+  info, problems = {}, []
+  total_var = float(np.sum(np.var(x.reshape(n, -1), axis=0, dtype=np.float64)))
+  if last_rec is not None and total_var > 0:
+    ratio = last_rec * (1 if rec_loss == "sum" else x[0].size) / total_var
+    info["pretrain_rec_over_variance"] = round(float(ratio), 4)
+    if ratio > 0.9:
+      problems.append(
+          f"IDCL pre-training ended with L_rec at {ratio:.0%} of the data's total variance "
+          "(reconstructing the mean image scores 100%): the autoencoder may be untrained or "
+          "collapsed; pre-train for more epochs or try another seed")
+  zc = z.astype(np.float64)
+  spread = float(np.sqrt(np.mean(np.sum((zc - zc.mean(0)) ** 2, axis=1))))
+  scale = float(np.sqrt(np.mean(np.sum(zc ** 2, axis=1))))
+  info["embedding_spread"] = round(spread / scale, 6) if scale > 0 else 0.0
+  if n > 1 and spread <= 1e-6 * max(scale, 1e-12):
+    problems.append("IDCL pre-training collapsed the embedding: every input maps to the same "
+                    "point, so k-means and the density cores are meaningless; pre-train with "
+                    "another seed or a smaller pretrain_lr")
+  return info, problems
+
+
 def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult:
   """Pre-training then Algorithm 2. Returns the final model's labels and embedding."""
   cfg = dataclasses.replace(config, hidden=tuple(int(h) for h in config.hidden))
@@ -434,23 +468,14 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   pre_epochs = max(cfg.pretrain_epochs - start, 0)
   pre_wall = time.perf_counter() - t_stage - pre_timer.compile_this_fit
   params = state.params
-  # Label-free check: an autoencoder that reconstructs the mean image has L_rec (summed over
-  # features) equal to the data's total variance. Seen with a short warm-up on hdigit-mnist.
-  last_rec = [r["loss_rec"] for r in run.history if r["stage"] == "pretrain"][-1:]
-  total_var = float(np.sum(np.var(x_np.reshape(n, -1), axis=0, dtype=np.float64)))
-  if last_rec and total_var > 0:
-    per_sample = last_rec[0] * (1 if cfg.rec_loss == "sum" else x_np[0].size)
-    ratio = per_sample / total_var
-    info["pretrain_rec_over_variance"] = round(ratio, 4)
-    if ratio > 0.9:
-      warnings.warn(f"IDCL pre-training ended with L_rec at {ratio:.0%} of the data's total "
-                    "variance (reconstructing the mean image scores 100%): the embedding may "
-                    "be untrained or collapsed; pre-train for more epochs, try another seed, "
-                    "or use pretrain_schedule='constant' with pretrain_lr=0.001",
-                    RuntimeWarning, stacklevel=2)
-
   # ---- starting point: k-means on the pre-trained embedding ------------------------------
   z0 = steps["embed"](params, x_all)
+  last_rec = [r["loss_rec"] for r in run.history if r["stage"] == "pretrain"][-1:]
+  health, problems = pretrain_health(x_np, np.asarray(z0), last_rec[0] if last_rec else None,
+                                     cfg.rec_loss)
+  info.update(health)
+  for msg in problems:
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
   km0 = kmeans(k_km0, z0, k, n_init=cfg.kmeans_n_init)
   init_labels = np.asarray(km0.labels)
   run.log("init", 0, {"inertia": km0.inertia}, labels=init_labels)
