@@ -145,24 +145,32 @@ def test_alignment_is_a_permutation():
   np.testing.assert_array_equal(perm[new], old)
 
 
-def test_resume_matches_uninterrupted(tmp_path, small_digits):
-  class Killed(RuntimeError):
-    pass
+class Killed(RuntimeError):
+  pass
 
+
+def _killed_then_resumed(data, tmp_path, stage, epoch, **kw):
+  """Fits until `stage` logs `epoch`, kills the run there, resumes it from its checkpoints;
+  returns (uninterrupted fit, resumed fit, the resumed run's first logged epoch of stage)."""
   class KillingRun(Run):
-    def log(self, stage, epoch, metrics, **kw):
-      if stage == "train" and epoch == 2:
+    def log(self, s, e, metrics, **k):
+      if (s, e) == (stage, epoch):
         raise Killed()
-      return super().log(stage, epoch, metrics, **kw)
+      return super().log(s, e, metrics, **k)
 
-  kw = dict(epochs=4, tol=0.0)
-  ref = fit(small_digits, run=Run(None), **kw)
+  ref = fit(data, run=Run(None), **kw)
   with pytest.raises(Killed):
-    fit(small_digits, run=KillingRun(tmp_path, checkpoint_every=1), **kw)
+    fit(data, run=KillingRun(tmp_path, checkpoint_every=1), **kw)
   run = Run(tmp_path, checkpoint_every=1)
-  resumed = fit(small_digits, run=run, **kw)
+  resumed = fit(data, run=run, **kw)
   run.close()
-  assert [r["epoch"] for r in run.history if r["stage"] == "train"][0] == 2
+  return ref, resumed, [r["epoch"] for r in run.history if r["stage"] == stage][0]
+
+
+def test_resume_matches_uninterrupted(tmp_path, small_digits):
+  ref, resumed, first = _killed_then_resumed(small_digits, tmp_path, "train", 2, epochs=4,
+                                             tol=0.0)
+  assert first == 2
   np.testing.assert_array_equal(resumed.labels_, ref.labels_)
   np.testing.assert_allclose(resumed.embedding_, ref.embedding_, rtol=1e-5, atol=1e-5)
 
@@ -239,24 +247,10 @@ def test_pretrain_schedule_scales_the_adam_step():
 def test_pretrain_resume_keeps_the_schedule(tmp_path, small_digits):
   """The schedule reads Adam's checkpointed step count: a pre-training killed after one
   epoch and resumed ends where an uninterrupted one does."""
-  class Killed(RuntimeError):
-    pass
-
-  class KillingRun(Run):
-    def log(self, stage, epoch, metrics, **kw):
-      if stage == "pretrain" and epoch == 1:
-        raise Killed()
-      return super().log(stage, epoch, metrics, **kw)
-
   kw = dict(pretrain_epochs=3, epochs=0, pretrain_schedule="warmup_cosine",
             pretrain_lr=0.003)
-  ref = fit(small_digits, run=Run(None), **kw)
-  with pytest.raises(Killed):
-    fit(small_digits, run=KillingRun(tmp_path, checkpoint_every=1), **kw)
-  run = Run(tmp_path, checkpoint_every=1)
-  resumed = fit(small_digits, run=run, **kw)
-  run.close()
-  assert [r["epoch"] for r in run.history if r["stage"] == "pretrain"][0] == 1
+  ref, resumed, first = _killed_then_resumed(small_digits, tmp_path, "pretrain", 1, **kw)
+  assert first == 1
   np.testing.assert_allclose(resumed.embedding_, ref.embedding_, rtol=1e-5, atol=1e-5)
   const = fit(small_digits, run=Run(None), **{**kw, "pretrain_schedule": "constant"})
   assert not np.allclose(const.embedding_, ref.embedding_, atol=1e-4)
