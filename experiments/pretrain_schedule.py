@@ -45,13 +45,13 @@ def clean_rec_loss(data, cfg, params) -> float:
   import jax.numpy as jnp
 
   from clustering_jax.methods import idcl
+  from clustering_jax.ops.distances import map_row_blocks
   x = jnp.asarray(idcl.prepare_inputs(data, cfg))
   net = idcl.make_net(cfg, x.shape)
-  total = 0.0
-  for i in range(0, x.shape[0], 512):
-    _, x_hat = net.apply(params, x[i:i + 512])
-    total += float(jnp.sum((x[i:i + 512] - x_hat) ** 2))
-  return total / x.shape[0]
+  per_sample = map_row_blocks(
+      lambda rows, _: idcl._rec_per_sample(rows, net.apply(params, rows)[1], "sum"), x,
+      block=512)
+  return float(jnp.mean(per_sample))
 
 
 def main(argv=None):
