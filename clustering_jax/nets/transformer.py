@@ -2,10 +2,11 @@
 
 Encoder: CNN patch embedding into a grid of 4×4 = 16 patches (kernel = stride = H/4 × W/4,
 embedding size I_e = C·H/4·W/4 by default, §4), absolute position encoding (sinusoidal, App. F),
-post-norm transformer blocks (Vaswani et al. 2017), then the linear block M-512-512-3072-10
-on the flattened tokens (M = 16·I_e). Decoder: the mirror image — linear block 10-3072-512-512-M,
-tokens + position encoding, transformer blocks, a per-patch linear map back to pixels and a
-transpose that reassembles the patches into the image.
+transformer blocks (pre-norm by default; Vaswani's post-norm with norm_first=False, see
+TransformerBlock), then the linear block M-512-512-3072-10 on the flattened tokens
+(M = 16·I_e). Decoder: the mirror image — linear block 10-3072-512-512-M, tokens + position
+encoding, transformer blocks, a per-patch linear map back to pixels and a transpose that
+reassembles the patches into the image.
 """
 
 from __future__ import annotations
