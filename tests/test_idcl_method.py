@@ -285,3 +285,51 @@ def test_pretrain_health_flags_a_collapsed_embedding():
   info, _ = m.pretrain_health(x, z_ok, last_rec=x.reshape(50, -1).var(0).mean(),
                               rec_loss="mean")
   assert info["pretrain_rec_over_variance"] == pytest.approx(1.0)
+
+
+def test_clustering_warmup_scales_the_stage_steps():
+  """Config.warmup: the clustering stage's s-th step is Adam's step times min(1, (s+1)/W),
+  counted from Adam's count at the stage start (the pre-training's steps, or 0 after a reset)."""
+  rng = np.random.default_rng(3)
+  x_all = jnp.asarray(rng.uniform(size=(32, 8, 8, 1)), jnp.float32)
+  p_all = jnp.asarray(rng.dirichlet(np.ones(3), size=32), jnp.float32)
+  idx, w, key = jnp.arange(8, dtype=jnp.int32), jnp.ones(8), jax.random.key(1)
+  lab = jnp.asarray(np.arange(32) % 3, jnp.int32)
+  leaves = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])
+  for reset, pre_steps in ((False, 5), (True, 5), (False, 0)):
+    cfg = m.Config(**TINY, augment=False, reset_optimizer=reset)
+    net = m.make_net(cfg, x_all.shape)
+    params = net.init(jax.random.key(0), x_all[:2])
+    z = net.apply(params, x_all, method="encode")
+    opt = m.make_steps(net, cfg, 3, pre_steps)["tx"].init(params)
+    start = 0 if reset else pre_steps
+    opt = (opt[0]._replace(count=jnp.asarray(start, jnp.int32)),) + tuple(opt[1:])
+    state = m.TrainState(params, opt)
+    deltas = {}
+    for warm in (0, 4):
+      steps = m.make_steps(net, cfg, 3, pre_steps, warm)
+      s, out = jax.tree.map(jnp.copy, state), []
+      for _ in range(5):
+        before = leaves(s.params)     # train_step donates its state
+        s, _ = steps["train_step"](s, x_all, p_all, z, lab, jnp.ones(32), idx, w, key)
+        out.append(leaves(s.params) - before)
+      deltas[warm] = out
+    # first step of the stage: a quarter of the un-warmed step, from the same state (the
+    # tolerance is the float32 rounding of parameter + step; the steps are ~1e-4)
+    np.testing.assert_allclose(deltas[4][0], 0.25 * deltas[0][0], rtol=1e-3, atol=3e-7)
+    assert np.abs(deltas[0][0]).max() > 0
+  with pytest.raises(ValueError, match="warmup"):
+    m.Config(warmup=1.5).validate()
+
+
+def test_clustering_stage_that_undoes_pretraining_warns(small_digits):
+  """fit_info_ reports the largest clustering-epoch L_rec over the last pre-training one;
+  a clustering lr far too large for the autoencoder raises it and fit warns (label free)."""
+  run = Run(None)
+  with pytest.warns(RuntimeWarning, match="raised L_rec"):
+    est = fit(small_digits, run=run, pretrain_epochs=3, epochs=3, lr=0.5, warmup=0.0)
+  pre = [r["loss_rec"] for r in run.history if r["stage"] == "pretrain"][-1]
+  stage = [r["loss_rec"] for r in run.history if r["stage"] == "train" and "loss_rec" in r]
+  np.testing.assert_allclose(est.fit_info_["cluster_rec_over_pretrain"], max(stage) / pre,
+                             rtol=1e-3)
+  assert est.fit_info_["cluster_rec_over_pretrain"] > 2

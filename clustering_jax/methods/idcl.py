@@ -72,6 +72,12 @@ class Config:
       step. Chosen with pretrain_lr = 0.001 by the reconstruction loss and by stability
       (a peak of 0.003 collapsed the autoencoder at 10 and at 1000 epochs), without labels
       (experiments/pretrain_schedule.py; docs/methods/idcl.md).
+    warmup: linear warm-up of the clustering stage's lr over its first round(warmup · epochs ·
+      ⌊n / batch_size⌋) Adam steps (the fraction of the stage's steps had every epoch used all
+      samples), from lr/W at its first step to lr. Not in the paper (which states no schedule):
+      after the warm-up + cosine pre-training ends at a rate near 0, starting the stage cold at
+      lr blew the autoencoder up on digits (L_rec 0.75–1.04 -> 6–184 in the first epoch, with
+      or without the KL term); 0 turns it off (docs/methods/idcl.md).
     batch_size, pretrain_epochs, epochs: 256, 100 and 200 (§4).
     alpha: weight α of the KL term in Eq. 14 (0.1).
     lam1: d_c rank λ1 (2 %); lam2: density-core rank λ2 (5 %).
@@ -118,6 +124,7 @@ class Config:
   pretrain_lr: float = 0.001
   pretrain_schedule: str = "warmup_cosine"
   pretrain_warmup: float = 0.1
+  warmup: float = 0.1
   batch_size: int = 256
   pretrain_epochs: int = 100
   epochs: int = 200
@@ -160,6 +167,8 @@ class Config:
                        f"got {self.pretrain_schedule!r}")
     if not 0.0 <= self.pretrain_warmup < 1.0:
       raise ValueError(f"pretrain_warmup must be in [0, 1), got {self.pretrain_warmup}")
+    if not 0.0 <= self.warmup <= 1.0:
+      raise ValueError(f"warmup must be in [0, 1], got {self.warmup}")
     if self.t_grow <= 0 or self.batch_size < 1 or self.lr <= 0:
       raise ValueError("t_grow, batch_size and lr must be positive")
     if self.epochs < 0 or self.pretrain_epochs < 0:
@@ -228,7 +237,8 @@ def pretrain_lr_factor(cfg: Config, total_steps: int):
 
 
 @functools.lru_cache(maxsize=16)
-def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0):
+def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0,
+               warmup_steps: int = 0):
   """The jitted pieces of IDCL for one network and config.
 
   Returns a dict of pure functions:
@@ -239,11 +249,15 @@ def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0):
     assign(z, key, prev_labels, zeta) -> dict of the epoch's clustering quantities
         (Alg. 2 lines 5–10 and Algorithm 1's mask)
   pretrain_steps: the number of pre-training steps (the length of pretrain_schedule).
-  Cached per (net, config, k, pretrain_steps), so repeated fits reuse the compiled steps.
+  warmup_steps: length W of the clustering stage's linear warm-up (0: none); the stage's
+    s-th step (0-based, counted by Adam from the stage's start) is scaled by min(1, (s+1)/W).
+  Cached per (net, config, k, pretrain_steps, warmup_steps), so repeated fits reuse the
+  compiled steps.
   """
   tx = optax.adam(cfg.lr)                 # clustering stage
   tx_pre = optax.adam(cfg.pretrain_lr)    # pre-training (same state structure)
   lr_factor = pretrain_lr_factor(cfg, pretrain_steps)
+  stage_start = 0 if cfg.reset_optimizer else pretrain_steps  # Adam's count at the stage start
 
   def augment(x, key):
     if cfg.augment and x.ndim == 4:
@@ -282,6 +296,10 @@ def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0):
 
     (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     upd, opt_state = tx.update(g, state.opt_state, state.params)
+    if warmup_steps > 0:  # Config.warmup: read from Adam's own (checkpointed) step count
+      s = state.opt_state[0].count - stage_start
+      f = jnp.clip((s + 1) / warmup_steps, 0.0, 1.0)
+      upd = jax.tree.map(lambda u: u * f, upd)
     return TrainState(optax.apply_updates(state.params, upd), opt_state), {"loss": loss, **aux}
 
   def embed(params, x_all):
@@ -445,7 +463,8 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   x_all = jnp.asarray(x_np)
   net = make_net(cfg, x_np.shape)
   batches_per_epoch = max(n // cfg.batch_size, 1)  # as _epoch_batches: full batches only
-  steps = make_steps(net, cfg, k, cfg.pretrain_epochs * batches_per_epoch)
+  steps = make_steps(net, cfg, k, cfg.pretrain_epochs * batches_per_epoch,
+                     int(round(cfg.warmup * cfg.epochs * batches_per_epoch)))
   tx = steps["tx"]
   k_init, k_pre, k_train, k_km0 = jax.random.split(key, 4)
   params = jax.jit(net.init)(k_init, x_all[:2])
@@ -532,6 +551,15 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
                               "y_prev": jnp.asarray(y_prev)})
   train_wall = (time.perf_counter() - t_stage - tr_timer.compile_this_fit
                 - max(assign_first_s - assign_s / max(n_assign - 1, 1), 0.0))
+  rec_stage = [r["loss_rec"] for r in run.history if r["stage"] == "train" and "loss_rec" in r]
+  if last_rec and rec_stage and last_rec[0] > 0:
+    # Label-free: the clustering stage should refine the autoencoder, not undo it.
+    jump = max(rec_stage) / last_rec[0]
+    info["cluster_rec_over_pretrain"] = round(float(jump), 4)
+    if jump > 2.0:
+      warnings.warn(f"IDCL's clustering stage raised L_rec to {jump:.1f}x its value at the end "
+                    "of pre-training: the autoencoder was disrupted (a smaller lr or a longer "
+                    "warmup may help)", RuntimeWarning, stacklevel=2)
 
   # ---- the final model's assignment -------------------------------------------------------
   if cfg.epochs > 0 and stopped_at is None:
