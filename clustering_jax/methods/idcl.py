@@ -77,7 +77,9 @@ class Config:
       samples), from lr/W at its first step to lr. Not in the paper (which states no schedule):
       after the warm-up + cosine pre-training ends at a rate near 0, starting the stage cold at
       lr blew the autoencoder up on digits (L_rec 0.75–1.04 -> 6–184 in the first epoch, with
-      or without the KL term); 0 turns it off (docs/methods/idcl.md).
+      or without the KL term). Default 0 (off): no warm-up length passed the label-free
+      stage-boundary rule (0.1 left 2-3.5x L_rec spikes; 0.2 and 0.3 made the stop rule fire
+      within three epochs) — docs/methods/idcl.md.
     batch_size, pretrain_epochs, epochs: 256, 100 and 200 (§4).
     alpha: weight α of the KL term in Eq. 14 (0.1).
     lam1: d_c rank λ1 (2 %); lam2: density-core rank λ2 (5 %).
@@ -124,7 +126,7 @@ class Config:
   pretrain_lr: float = 0.001
   pretrain_schedule: str = "warmup_cosine"
   pretrain_warmup: float = 0.1
-  warmup: float = 0.1
+  warmup: float = 0.0
   batch_size: int = 256
   pretrain_epochs: int = 100
   epochs: int = 200
