@@ -36,7 +36,8 @@ def test_registry_and_params():
   est = IDCL(n_clusters=10)
   assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
   assert est.config.pretrain_epochs == 100 and est.config.epochs == 200
-  assert est.config.lr == 0.001  # paper: 0.01 (see the method page)
+  assert est.config.lr == 0.0002  # paper: 0.01 (see the method page)
+  assert est.config.warmup == 0.0
   # pre-training: peak 0.001 with warm-up and cosine decay, chosen without labels
   assert (est.config.pretrain_lr, est.config.pretrain_schedule) == (0.001, "warmup_cosine")
   # Eq. 13 and Eq. 16-17: L_rec summed over pixels, both terms averaged over the batch
