@@ -40,7 +40,10 @@ def _idcl_extra(res, rows):
           "loss_rec_first_last": ([rows[0].get("loss_rec"), rows[-1].get("loss_rec")]
                                   if rows else None),
           "median_label_change": (float(np.median([r["label_change"] for r in rows]))
-                                  if rows else None)}
+                                  if rows else None),
+          # label-free health checks of fit (None where fit did not compute them)
+          **{k: res.info.get(k) for k in ("pretrain_rec_over_variance", "embedding_spread",
+                                           "cluster_rec_over_pretrain")}}
 
 
 def _ulhe_extra(res, rows):

@@ -52,6 +52,10 @@ def run_one(method, dataset, seed, out, args) -> dict:
   return json.loads((Path(out) / "results.json").read_text())
 
 
+#: Label-free health checks a method's fit_info_ may hold; copied into each seed's record.
+HEALTH_KEYS = ("pretrain_rec_over_variance", "embedding_spread", "cluster_rec_over_pretrain")
+
+
 def _stats(values):
   v = np.asarray([x for x in values if x is not None], np.float64)
   if v.size == 0:
@@ -77,7 +81,8 @@ def summarize(method, dataset, tag, seeds, results, command) -> dict:
   row["epochs"] = results[0].get("epochs")
   row["per_seed"] = [{"seed": r["seed"], **{m: r.get(m) for m in METRICS},
                       "wall_time_s": r["wall_time_s"],
-                      **({"init_acc": r["init"]["acc"]} if "init" in r else {})}
+                      **({"init_acc": r["init"]["acc"]} if "init" in r else {}),
+                      **{k: v for k, v in (r.get("info") or {}).items() if k in HEALTH_KEYS}}
                      for r in results]
   row["jax_backend"] = results[0].get("jax_backend")
   row["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores"
