@@ -211,6 +211,14 @@ def test_pretrain_lr_schedule_values_and_validation():
   ref = np.where(t < 10, t / 10, 0.5 * (1 + np.cos(np.pi * np.clip((t - 10) / 90, 0, 1))))
   np.testing.assert_allclose([float(f(i)) for i in t], ref, atol=1e-6)
   assert m.pretrain_lr_factor(m.Config(pretrain_schedule="constant"), 100) is None
+  # pretrain_end_lr: the half cosine ends at end/peak instead of 0
+  g = m.pretrain_lr_factor(dataclasses.replace(cfg, pretrain_lr=0.001, pretrain_end_lr=0.0002),
+                           100)
+  ref_end = np.where(t < 10, t / 10, 0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * np.clip((t - 10) / 90,
+                                                                                   0, 1))))
+  np.testing.assert_allclose([float(g(i)) for i in t], ref_end, atol=1e-6)
+  with pytest.raises(ValueError, match="pretrain_end_lr"):
+    m.Config(pretrain_lr=0.001, pretrain_end_lr=0.002).validate()
   with pytest.raises(ValueError, match="pretrain_schedule"):
     m.Config(pretrain_schedule="step").validate()
   with pytest.raises(ValueError, match="pretrain_warmup"):

@@ -75,6 +75,11 @@ class Config:
       step. Chosen with pretrain_lr = 0.001 by the reconstruction loss and by stability
       (a peak of 0.003 collapsed the autoencoder at 10 and at 1000 epochs), without labels
       (experiments/pretrain_schedule.py; docs/methods/idcl.md).
+    pretrain_end_lr: the rate the cosine decays to at the last pre-training step (0: to 0).
+      Setting it to lr makes the rate continuous across the stage boundary: after a schedule
+      annealed to 0, a jump to the clustering stage's lr can throw the autoencoder out of the
+      sharp minimum the annealing found (1000 epochs on digits: L_rec 8-15x in the second
+      clustering epoch at lr 0.0002; docs/methods/idcl.md, "Pre-training length").
     warmup: linear warm-up of the clustering stage's lr over its first round(warmup · epochs ·
       ⌊n / batch_size⌋) Adam steps (the fraction of the stage's steps had every epoch used all
       samples), from lr/W at its first step to lr. Not in the paper (which states no schedule):
@@ -129,6 +134,7 @@ class Config:
   pretrain_lr: float = 0.001
   pretrain_schedule: str = "warmup_cosine"
   pretrain_warmup: float = 0.1
+  pretrain_end_lr: float = 0.0
   warmup: float = 0.0
   batch_size: int = 256
   pretrain_epochs: int = 100
@@ -172,6 +178,9 @@ class Config:
                        f"got {self.pretrain_schedule!r}")
     if not 0.0 <= self.pretrain_warmup < 1.0:
       raise ValueError(f"pretrain_warmup must be in [0, 1), got {self.pretrain_warmup}")
+    if not 0.0 <= self.pretrain_end_lr <= self.pretrain_lr:
+      raise ValueError(f"pretrain_end_lr must be in [0, pretrain_lr={self.pretrain_lr}], "
+                       f"got {self.pretrain_end_lr}")
     if not 0.0 <= self.warmup <= 1.0:
       raise ValueError(f"warmup must be in [0, 1], got {self.warmup}")
     if self.t_grow <= 0 or self.batch_size < 1 or self.lr <= 0:
@@ -233,12 +242,14 @@ def _rec_per_sample(x, x_hat, how):
 def pretrain_lr_factor(cfg: Config, total_steps: int):
   """Multiplier of pretrain_lr as a function of the Adam step count (0-based), or None for a
   constant rate. "warmup_cosine": 0 -> 1 linearly over round(pretrain_warmup · total_steps)
-  steps, then a half cosine down to 0 at total_steps (optax's warmup-cosine schedule)."""
+  steps, then a half cosine down to pretrain_end_lr / pretrain_lr (default 0) at total_steps
+  (optax's warmup-cosine schedule)."""
   if cfg.pretrain_schedule == "constant" or total_steps < 1:
     return None
   warm = int(round(cfg.pretrain_warmup * total_steps))
   return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=warm,
-                                            decay_steps=max(total_steps, warm + 1))
+                                            decay_steps=max(total_steps, warm + 1),
+                                            end_value=cfg.pretrain_end_lr / cfg.pretrain_lr)
 
 
 @functools.lru_cache(maxsize=16)
