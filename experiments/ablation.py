@@ -61,7 +61,9 @@ METHODS = {
                                  "augment"),
              # fields added later, with the value every earlier record implied
              "pretrain_fields_added": {"pretrain_schedule": "constant",
-                                       "pretrain_warmup": 0.1, "pretrain_end_lr": 0.0}},
+                                       "pretrain_warmup": 0.1,
+                                       # the resolved rate (a property; None follows lr)
+                                       "pretrain_end_rate": 0.0}},
     "ulhe": {"epochs_field": "cluster_epochs", "stage": "cluster", "extra": _ulhe_extra,
              "pretrain_fields": ("hidden", "latent", "weight_init", "pretrain_epochs",
                                  "pretrain_batch_size", "pretrain_optimizer", "pretrain_lr",

@@ -35,7 +35,11 @@ def test_registry_and_params():
   assert get_estimator("idcl") is IDCL
   est = IDCL(n_clusters=10)
   assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
-  assert est.config.pretrain_epochs == 100 and est.config.epochs == 200
+  assert est.config.pretrain_epochs == 1000 and est.config.epochs == 200
+  # the pre-training ends at the clustering stage's rate, and follows it when lr changes
+  assert est.config.pretrain_end_lr is None and est.config.pretrain_end_rate == est.config.lr
+  assert IDCL(lr=0.0005).config.pretrain_end_rate == 0.0005
+  assert IDCL(lr=0.01).config.pretrain_end_rate == est.config.pretrain_lr   # capped at the peak
   assert est.config.lr == 0.0002  # paper: 0.01 (see the method page)
   assert est.config.warmup == 0.0
   # pre-training: peak 0.001 with warm-up and cosine decay, chosen without labels
@@ -204,8 +208,9 @@ def test_loss_reductions_switch_the_objective():
 
 
 def test_pretrain_lr_schedule_values_and_validation():
-  """warmup_cosine: 0 -> 1 linearly over 10 % of the steps, then a half cosine to 0."""
-  cfg = m.Config(pretrain_schedule="warmup_cosine", pretrain_warmup=0.1)
+  """warmup_cosine: 0 -> 1 linearly over 10 % of the steps, then a half cosine to
+  pretrain_end_lr / pretrain_lr."""
+  cfg = m.Config(pretrain_schedule="warmup_cosine", pretrain_warmup=0.1, pretrain_end_lr=0.0)
   f = m.pretrain_lr_factor(cfg, 100)
   t = np.arange(101)
   ref = np.where(t < 10, t / 10, 0.5 * (1 + np.cos(np.pi * np.clip((t - 10) / 90, 0, 1))))
