@@ -40,7 +40,7 @@ def test_registry_and_params():
   assert est.config.pretrain_end_lr is None and est.config.pretrain_end_rate == est.config.lr
   assert IDCL(lr=0.0005).config.pretrain_end_rate == 0.0005
   assert IDCL(lr=0.01).config.pretrain_end_rate == est.config.pretrain_lr   # capped at the peak
-  assert est.config.lr == 0.0002  # paper: 0.01 (see the method page)
+  assert est.config.lr == 0.001  # paper: 0.01 (see the method page)
   assert est.config.warmup == 0.0
   # pre-training: peak 0.001 with warm-up and cosine decay, chosen without labels
   assert (est.config.pretrain_lr, est.config.pretrain_schedule) == (0.001, "warmup_cosine")
