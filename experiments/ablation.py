@@ -108,6 +108,10 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
   out = work / f"{data.name}_s{seed}_{name}"
   shutil.rmtree(out, ignore_errors=True)
   shutil.copytree(pre_dir / "checkpoints", out / "checkpoints")
+  if (pre_dir / "metrics.jsonl").exists():  # the pre-training's log, for fit's stage checks
+    rows = [ln for ln in (pre_dir / "metrics.jsonl").read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("stage") == "pretrain"]
+    (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in rows))
   run = Run(str(out), checkpoint_every=10**9, score_fn=score)
   t0 = time.perf_counter()
   res = mod.fit(data, cfg, key=jax.random.key(seed), run=run)

@@ -91,6 +91,22 @@ def test_nan_guard_names_stage_epoch_term_and_keeps_checkpoint(tmp_path):
   fresh.close()
 
 
+def test_resumed_run_continues_the_log_in_history(tmp_path):
+  """A Run on a directory with a log starts from its rows, so checks over a whole stage see
+  the epochs before an interruption; restore still drops rows past the restored epoch."""
+  run = Run(str(tmp_path), checkpoint_every=1)
+  for e in range(3):
+    run.log("train", e, {"loss": 1.0 / (e + 1)})
+  run.save("train", 1, {"w": np.ones(2, np.float32)})
+  run.close()
+  again = Run(str(tmp_path), checkpoint_every=1)
+  assert [r["epoch"] for r in again.history] == [0, 1, 2]
+  _, nxt = again.restore("train", {"w": np.zeros(2, np.float32)})
+  assert nxt == 2 and [r["epoch"] for r in again.history] == [0, 1]
+  again.close()
+  assert Run(None).history == []
+
+
 def test_nan_guard_checks_vector_metrics():
   run = Run(None)
   run.log("mv", 0, {"view_loss": np.array([0.5, 1.0]), "n": 3})

@@ -61,6 +61,12 @@ class Run:
     self._t0 = time.perf_counter()
     if self.out_dir:
       self.out_dir.mkdir(parents=True, exist_ok=True)
+      # A resumed run continues the same log: history holds the rows already on disk, so
+      # checks over a whole stage (e.g. IDCL's L_rec against its pre-trained value) see them.
+      path = self.out_dir / "metrics.jsonl"
+      if path.exists():
+        self.history = [json.loads(line) for line in path.read_text().splitlines()
+                        if line.strip()]
 
   # -- epochs and progress -------------------------------------------------
   def epochs(self, stage: str, start: int, stop: int) -> Iterator[int]:
