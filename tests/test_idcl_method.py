@@ -35,6 +35,7 @@ def test_registry_and_params():
   assert get_estimator("idcl") is IDCL
   est = IDCL(n_clusters=10)
   assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
+  assert est.config.kmeans_init == "warm"   # seventh rule (docs/methods/idcl.md)
   assert est.config.pretrain_epochs == 1000 and est.config.epochs == 200
   # the pre-training ends at the clustering stage's rate, and follows it when lr changes
   assert est.config.pretrain_end_lr is None and est.config.pretrain_end_rate == est.config.lr
