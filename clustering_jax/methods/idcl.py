@@ -74,8 +74,8 @@ class Config:
       passing rate (docs/methods/idcl.md, "Clustering-stage rate", "Pre-training length").
     pretrain_schedule: "constant" (pretrain_lr throughout; the paper states no schedule) or
       "warmup_cosine" (default): linear warm-up from 0 to pretrain_lr over the first
-      pretrain_warmup fraction of the pre-training steps, then cosine decay to 0 at the last
-      step. Chosen with pretrain_lr = 0.001 by the reconstruction loss and by stability
+      pretrain_warmup fraction of the pre-training steps, then cosine decay to
+      pretrain_end_lr at the last step. Chosen with pretrain_lr = 0.001 by the reconstruction loss and by stability
       (a peak of 0.003 collapsed the autoencoder at 10 and at 1000 epochs), without labels
       (experiments/pretrain_schedule.py; docs/methods/idcl.md).
     pretrain_end_lr: the rate the cosine decays to at the last pre-training step. None
@@ -263,8 +263,8 @@ def _rec_per_sample(x, x_hat, how):
 def pretrain_lr_factor(cfg: Config, total_steps: int):
   """Multiplier of pretrain_lr as a function of the Adam step count (0-based), or None for a
   constant rate. "warmup_cosine": 0 -> 1 linearly over round(pretrain_warmup · total_steps)
-  steps, then a half cosine down to pretrain_end_lr / pretrain_lr (default 0) at total_steps
-  (optax's warmup-cosine schedule)."""
+  steps, then a half cosine down to pretrain_end_rate / pretrain_lr at total_steps (optax's
+  warmup-cosine schedule; by default the end rate is lr, so at lr = pretrain_lr it stays 1)."""
   if cfg.pretrain_schedule == "constant" or total_steps < 1:
     return None
   warm = int(round(cfg.pretrain_warmup * total_steps))
