@@ -152,3 +152,20 @@ def test_pretrain_schedule_scores_clean_reconstruction(tmp_path):
   ref = np.mean(np.sum((np.asarray(x) - np.asarray(x_hat)) ** 2, axis=(1, 2, 3)))
   sub = data.replace(views=(data.views[0][:600],), labels=data.labels[:600])
   np.testing.assert_allclose(ps.clean_rec_loss(sub, cfg, params), ref, rtol=1e-4)
+
+
+def test_run_checks_reads_the_stage_boundary_from_a_log(tmp_path, capsys):
+  """run_checks: the largest clustering-epoch L_rec over the last pre-training L_rec, its
+  epoch and the median label change; "–" where a log has no pre-training rows."""
+  rc = _script("run_checks")
+  rows = [{"stage": "pretrain", "epoch": e, "loss_rec": v} for e, v in enumerate([4.0, 2.0])]
+  rows += [{"stage": "init", "epoch": 0, "inertia": 1.0}]
+  rows += [{"stage": "train", "epoch": e, "loss_rec": v, "dc": d, "label_change": c}
+           for e, (v, d, c) in enumerate([(2.2, 0.5, 0.1), (6.0, 0.4, 0.02), (1.8, 0.6, 0.03)])]
+  c = rc.stage_checks(rows)
+  assert c["pretrain_last_rec"] == 2.0 and c["max_rec_over_pretrain"] == 3.0
+  assert c["max_rec_epoch"] == 1 and c["train_last_rec"] == 1.8 and c["epochs_run"] == 3
+  assert c["dc_first_last"] == [0.5, 0.6] and c["median_label_change"] == 0.03
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
+  rc.main([str(tmp_path)])
+  assert "– (1)" in capsys.readouterr().out        # no pre-training rows: no ratio
