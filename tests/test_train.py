@@ -11,6 +11,7 @@ import pytest
 from clustering_jax.nets import MLPAutoencoder
 from clustering_jax.ops import kmeans
 from clustering_jax.train import (NonFiniteError, Run, batches, epoch_key, epoch_permutation,
+                                   subset_permutation,
                                   n_batches)
 
 KEY = jax.random.key(0)
@@ -48,6 +49,30 @@ def test_batches_cover_every_index_once(n, bs, drop_last):
     np.testing.assert_array_equal(flat, order)                # every index exactly once, in order
     assert all(len(b) == bs for b in got[:-1]) and 1 <= len(got[-1]) <= bs
 
+
+
+def test_subset_permutation_orders_the_subset_and_equals_the_full_shuffle_on_all():
+  members = np.array([3, 7, 8, 20, 41, 42, 49])
+  a = subset_permutation(KEY, 2, members, 50)
+  np.testing.assert_array_equal(np.sort(a), members)           # a permutation of the subset
+  np.testing.assert_array_equal(a, subset_permutation(KEY, 2, members, 50))
+  # the order is the full epoch shuffle restricted to the subset
+  full = epoch_permutation(KEY, 2, 50)
+  np.testing.assert_array_equal(a, full[np.isin(full, members)])
+  np.testing.assert_array_equal(subset_permutation(KEY, 2, np.arange(50), 50), full)
+  assert subset_permutation(KEY, 2, np.array([], np.int64), 50).shape == (0,)
+  # every position of a 2-member subset is taken by each member about half the time
+  firsts = [subset_permutation(KEY, e, np.array([5, 9]), 50)[0] for e in range(200)]
+  assert 70 < sum(f == 5 for f in firsts) < 130
+
+
+def test_subset_permutation_rejects_bad_members():
+  with pytest.raises(ValueError, match="distinct"):
+    subset_permutation(KEY, 0, np.array([1, 1]), 10)
+  with pytest.raises(ValueError, match=r"\[0, 10\)"):
+    subset_permutation(KEY, 0, np.array([1, 10]), 10)
+  with pytest.raises(ValueError, match="1-D"):
+    subset_permutation(KEY, 0, np.zeros((2, 2), int), 10)
 
 def test_batches_bad_size():
   with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):

@@ -40,7 +40,7 @@ from clustering_jax.ops.density import (cutoff_distance, density_cores, difficul
                                         local_density)
 from clustering_jax.ops.distances import map_row_blocks
 from clustering_jax.ops.kmeans import KMeansResult, kmeans, lloyd
-from clustering_jax.train.batching import batch_matrix, epoch_key, epoch_permutation
+from clustering_jax.train.batching import batch_matrix, epoch_key, subset_permutation
 from clustering_jax.train.run import Run
 
 
@@ -396,11 +396,13 @@ def alignment(new: np.ndarray, old: np.ndarray, n_clusters: int) -> np.ndarray:
   return perm.astype(np.int32)
 
 
-def _epoch_batches(key, epoch, members: np.ndarray, batch_size: int):
-  """Index batches (idx, w) of a fixed size over a shuffled member set: full batches only
-  (the remainder is dropped; the order is reshuffled every epoch), except that a set smaller
-  than one batch forms one batch padded with zero-weight rows."""
-  order = members[epoch_permutation(key, epoch, len(members))]
+def _epoch_batches(key, epoch, members: np.ndarray, batch_size: int, n: int):
+  """Index batches (idx, w) of a fixed size over a shuffled member set (indices into the n
+  samples): full batches only (the remainder is dropped; the order is reshuffled every
+  epoch), except that a set smaller than one batch forms one batch padded with zero-weight
+  rows. The shuffle has the shape (n,) whatever the set's size (`subset_permutation`), so a
+  growing curriculum set does not compile a new one every epoch."""
+  order = subset_permutation(key, epoch, members, n)
   if len(order) >= batch_size:
     for idx in batch_matrix(order, batch_size):
       yield idx, np.ones(batch_size, np.float32)
@@ -516,7 +518,7 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   pre_timer, pre_compiled = _Timer(), [None]
   t_stage = time.perf_counter()
   for epoch in run.epochs("pretrain", start, cfg.pretrain_epochs):
-    bs = _epoch_batches(k_pre, epoch, members_all, cfg.batch_size)
+    bs = _epoch_batches(k_pre, epoch, members_all, cfg.batch_size, n)
     state, m, _ = _run_steps(steps["pretrain_step"], pre_compiled, pre_timer, state, bs, x_all,
                              key=epoch_key(k_pre, epoch))
     run.log("pretrain", epoch, m)
@@ -577,7 +579,7 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
       stopped_at = epoch
       run.log("train", epoch, {**metrics, "stopped": 1}, labels=y)
       break
-    bs = _epoch_batches(k_batch, epoch, np.flatnonzero(v), cfg.batch_size)    # Alg. 1, Eq. 8
+    bs = _epoch_batches(k_batch, epoch, np.flatnonzero(v), cfg.batch_size, n)  # Alg. 1, Eq. 8
     state, m, _ = _run_steps(steps["train_step"], tr_compiled, tr_timer, state, bs, x_all,
                              a["p"], a["anchors"], a["anchor_labels"], a["anchor_w"],
                              key=k_steps)                                     # lines 15-18
