@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clustering_jax.ops import knn, map_row_blocks, sq_dists
+import chex
+
+from clustering_jax.ops import cluster_sums, knn, map_row_blocks, sq_dists
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(23, 4)).astype(np.float32)
@@ -114,3 +116,30 @@ def test_distance_matmuls_ask_for_full_float32():
                    (lambda c: uniformity_loss(c, jnp.ones(3, bool)), (x[:3],))]:
     precisions = dots(fn, *args)
     assert precisions and all(p == (hi, hi) for p in precisions), precisions
+
+
+@pytest.mark.parametrize("how", ["segment", "matmul", "auto"])
+def test_cluster_sums_matches_numpy(how):
+  labels = np.array([0, 2, 2, 4, 0, 2, 9, -1] + [1] * 15)   # 9 and -1: outside [0, 5)
+  s = cluster_sums(jnp.asarray(X), jnp.asarray(labels), 5, how=how)
+  chex.assert_shape(s, (5, 4))
+  chex.assert_tree_all_finite(s)
+  ref = np.zeros((5, 4))
+  for i, lab in enumerate(labels):
+    if 0 <= lab < 5:
+      ref[lab] += X[i]
+  np.testing.assert_allclose(np.asarray(s), ref, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(s)[3] == 0)                      # an empty cluster sums to 0
+  # the same call twice gives the same bits (on a GPU, the reason for "matmul")
+  s2 = cluster_sums(jnp.asarray(X), jnp.asarray(labels), 5, how=how)
+  np.testing.assert_array_equal(np.asarray(s), np.asarray(s2))
+
+
+def test_cluster_sums_auto_is_the_segment_sum_on_the_cpu_and_rejects_bad_how():
+  labels = jnp.asarray(np.arange(23) % 3)
+  auto = cluster_sums(jnp.asarray(X), labels, 3)
+  want = "segment" if jax.default_backend() == "cpu" else "matmul"
+  np.testing.assert_array_equal(np.asarray(auto),
+                                np.asarray(cluster_sums(jnp.asarray(X), labels, 3, how=want)))
+  with pytest.raises(ValueError, match="how must be"):
+    cluster_sums(jnp.asarray(X), labels, 3, how="scatter")

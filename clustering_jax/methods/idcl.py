@@ -38,7 +38,7 @@ from clustering_jax.ops.assignment import (core_similarity, kl_clustering_loss, 
 from clustering_jax.ops.curriculum import PACES, pacing, select_easy
 from clustering_jax.ops.density import (cutoff_distance, density_cores, difficulty_scores,
                                         local_density)
-from clustering_jax.ops.distances import map_row_blocks
+from clustering_jax.ops.distances import cluster_sums, map_row_blocks
 from clustering_jax.ops.kmeans import KMeansResult, kmeans, lloyd
 from clustering_jax.train.batching import batch_matrix, epoch_key, subset_permutation
 from clustering_jax.train.run import Run
@@ -352,7 +352,7 @@ def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0,
     if cfg.kmeans_init in ("previous", "warm"):
       prev = prev_labels.astype(jnp.int32)
       counts = jax.ops.segment_sum(jnp.ones_like(z[:, 0]), prev, num_segments=n_clusters)
-      means = jax.ops.segment_sum(z, prev, num_segments=n_clusters)
+      means = cluster_sums(z, prev, n_clusters)
       means = means / jnp.maximum(counts, 1.0)[:, None]
       if cfg.kmeans_init == "previous":  # Eq. 7: C_k from the results of iteration t-1
         km = KMeansResult(prev, means, jnp.float32(0.0), jnp.int32(0))

@@ -17,6 +17,27 @@ def dot_hi(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
+def cluster_sums(x: jax.Array, labels: jax.Array, n_clusters: int, *,
+                 how: str = "auto") -> jax.Array:
+  """Per-cluster sums of the rows of x: (n_clusters, d); a label outside [0, n_clusters)
+  adds nowhere.
+
+  how: "segment" (`jax.ops.segment_sum`), "matmul" (one-hot(labels)ᵀ @ x in full float32)
+  or "auto": segment on the CPU, matmul on an accelerator. On a GPU, XLA's scatter-add
+  accumulates with atomics in no fixed order, so two identical calls can differ in the last
+  bits and flip a near-tie in k-means (session 5 saw k-means's determinism test fail on an
+  H200); the matmul adds in a fixed order. The CPU keeps the segment sum, so every number
+  measured there is unchanged.
+  """
+  if how == "auto":
+    how = "segment" if jax.default_backend() == "cpu" else "matmul"
+  if how == "segment":
+    return jax.ops.segment_sum(x, labels, num_segments=n_clusters)
+  if how != "matmul":
+    raise ValueError(f"how must be 'auto', 'segment' or 'matmul', got {how!r}")
+  return dot_hi(jax.nn.one_hot(labels, n_clusters, dtype=x.dtype).T, x)
+
+
 def sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
   """Squared Euclidean distances.
 

@@ -3,7 +3,8 @@
 Pure array functions, jit-safe, numerically safe on degenerate batches (zero
 embeddings, empty or singleton clusters, coinciding centroids). Notation:
 z (B, d) encoder outputs F_w(x), centers M (K, d) unit rows, labels s (B,) int.
-Per-cluster sums are `segment_sum` reductions, so they shard over the batch axis.
+Per-cluster sums are `cluster_sums` reductions (a segment sum on the CPU, a one-hot matmul on an
+accelerator), so they shard over the batch axis.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from clustering_jax.ops.distances import dot_hi
+from clustering_jax.ops.distances import cluster_sums, dot_hi
 from clustering_jax.ops.kmeans import assign
 
 EPS = 1e-12
@@ -76,7 +77,7 @@ def batch_centroids(z: jax.Array, labels: jax.Array, n_clusters: int):
   z (B, d), labels (B,) int in [0, K). Returns (centroids (K, d), counts (K,) float);
   a cluster with no member has a zero centroid and count 0.
   """
-  sums = jax.ops.segment_sum(unit(z), labels, num_segments=n_clusters)
+  sums = cluster_sums(unit(z), labels, n_clusters)
   counts = jax.ops.segment_sum(jnp.ones(labels.shape, z.dtype), labels,
                                num_segments=n_clusters)
   return unit(sums), counts
@@ -133,7 +134,7 @@ def compactness_loss(z: jax.Array, labels: jax.Array, n_clusters: int, *,
   cluster adds 0); the 1/K stays. Returns ().
   """
   zz = unit(z) if normalize else z
-  sums = jax.ops.segment_sum(zz, labels, num_segments=n_clusters)
+  sums = cluster_sums(zz, labels, n_clusters)
   counts = jax.ops.segment_sum(jnp.ones(labels.shape, z.dtype), labels,
                                num_segments=n_clusters)
   per_cluster = counts ** 2 - jnp.sum(sums * sums, axis=1)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from clustering_jax.ops.distances import dot_hi
+from clustering_jax.ops.distances import cluster_sums, dot_hi
 
 METRICS = ("euclidean", "cosine")
 
@@ -80,7 +80,7 @@ def kmeans_plusplus(key: jax.Array, x: jax.Array, n_clusters: int, *,
 
 def _update_centers(x, labels, dists, centers, metric):
   k = centers.shape[0]
-  sums = jax.ops.segment_sum(x, labels, num_segments=k)
+  sums = cluster_sums(x, labels, k)
   counts = jax.ops.segment_sum(jnp.ones_like(labels, x.dtype), labels, num_segments=k)
   new = sums / jnp.maximum(counts, 1.0)[:, None]
   # Empty clusters take the points farthest from their centers, in order.
@@ -128,7 +128,7 @@ def partition_cost(x: jax.Array, labels: jax.Array, n_clusters: int, *,
   labels and centers Lloyd converged to this is the inertia / n."""
   if metric == "cosine":
     x = normalize(x)
-  sums = jax.ops.segment_sum(x, labels, num_segments=n_clusters)
+  sums = cluster_sums(x, labels, n_clusters)
   counts = jax.ops.segment_sum(jnp.ones_like(labels, x.dtype), labels, num_segments=n_clusters)
   centers = sums / jnp.maximum(counts, 1.0)[:, None]
   if metric == "cosine":
