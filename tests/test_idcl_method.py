@@ -352,3 +352,23 @@ def test_clustering_stage_that_undoes_pretraining_warns(small_digits):
   np.testing.assert_allclose(est.fit_info_["cluster_rec_over_pretrain"], max(stage) / pre,
                              rtol=1e-3)
   assert est.fit_info_["cluster_rec_over_pretrain"] > 2
+
+
+def test_clustering_stage_shuffles_with_one_shape(small_digits, monkeypatch):
+  """The curriculum set changes size every epoch; its shuffle must not (a new length is a
+  new compile: 1-2 s per epoch on a GPU). Every shuffle of a fit has the length n."""
+  from clustering_jax.train import batching
+  lengths = []
+  real = batching.epoch_permutation
+
+  def spy(key, epoch, n):
+    lengths.append(n)
+    return real(key, epoch, n)
+
+  monkeypatch.setattr(batching, "epoch_permutation", spy)
+  run = Run(None)
+  fit(small_digits, run=run, epochs=4, t_grow=2.0)
+  sizes = [r["n_curriculum"] for r in run.history if r["stage"] == "train"]
+  assert len(set(sizes)) > 1, sizes          # the set did change size between epochs
+  assert len(lengths) >= TINY["pretrain_epochs"] + len(sizes)
+  assert set(lengths) == {200}, sorted(set(lengths))
