@@ -315,6 +315,14 @@ def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0,
       upd = jax.tree.map(lambda u: u * f, upd)
     return TrainState(optax.apply_updates(state.params, upd), opt_state), {"loss_rec": loss}
 
+  def pretrain_epoch(state, x_all, idx, w, key):
+    """A whole pre-training epoch, idx and w (n_batches, B), as one lax.scan of
+    pretrain_step: one dispatch per epoch instead of one per step (the GPU ran the TAE's
+    steps at 137/s one by one). Batch b's key is fold_in(key, b), as `_run_steps` gives it.
+    Returns the state and the per-batch metrics, stacked."""
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(idx.shape[0]))
+    return jax.lax.scan(lambda st, xs: pretrain_step(st, x_all, *xs), state, (idx, w, keys))
+
   def train_step(state, x_all, p_all, anchors, anchor_labels, anchor_w, idx, w, key):
     x = augment(x_all[idx], key)
     p = p_all[idx]
@@ -379,6 +387,7 @@ def make_steps(net, cfg: Config, n_clusters: int, pretrain_steps: int = 0,
 
   return {"tx": tx,
           "pretrain_step": jax.jit(pretrain_step, donate_argnums=0),
+          "pretrain_epoch": jax.jit(pretrain_epoch, donate_argnums=0),
           "train_step": jax.jit(train_step, donate_argnums=0),
           "embed": jax.jit(embed),
           "assign": jax.jit(assign)}
@@ -459,6 +468,31 @@ def _run_steps(step_fn, compiled, timer, state, batches, *args, key):
   return state, (metrics_sum or {}), n
 
 
+def _run_scanned(epoch_fn, compiled, timer, state, batches, *args, key):
+  """As `_run_steps`, with the whole epoch in one jitted scan (`pretrain_epoch`): the same
+  keys, the same updates, and the per-batch metrics summed in batch order in float32 as
+  `_run_steps` sums them; one host sync per epoch."""
+  batches = list(batches)
+  if not batches:
+    return state, {}, 0
+  idx = jnp.asarray(np.stack([b[0] for b in batches]), jnp.int32)
+  w = jnp.asarray(np.stack([b[1] for b in batches]))
+  if compiled[0] is None:
+    compiled[0] = _compiled(epoch_fn, timer, state, *args, idx, w, key)
+  t0 = time.perf_counter()
+  state, per_batch = compiled[0](state, *args, idx, w, key)
+  metrics = {}
+  for name, v in per_batch.items():
+    v = np.asarray(v, np.float32)
+    total = v[0]
+    for x in v[1:]:
+      total = np.float32(total + x)
+    metrics[name] = float(total) / len(batches)
+  timer.step_s += time.perf_counter() - t0
+  timer.steps += len(batches)
+  return state, metrics, len(batches)
+
+
 def pretrain_health(x: np.ndarray, z: np.ndarray, last_rec: Optional[float],
                     rec_loss: str = "sum") -> tuple[dict, list]:
   """Label-free checks of a pre-trained autoencoder: (values for fit_info_, warnings).
@@ -519,8 +553,8 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
   t_stage = time.perf_counter()
   for epoch in run.epochs("pretrain", start, cfg.pretrain_epochs):
     bs = _epoch_batches(k_pre, epoch, members_all, cfg.batch_size, n)
-    state, m, _ = _run_steps(steps["pretrain_step"], pre_compiled, pre_timer, state, bs, x_all,
-                             key=epoch_key(k_pre, epoch))
+    state, m, _ = _run_scanned(steps["pretrain_epoch"], pre_compiled, pre_timer, state, bs,
+                               x_all, key=epoch_key(k_pre, epoch))
     run.log("pretrain", epoch, m)
     run.save("pretrain", epoch, state)
   pre_epochs = max(cfg.pretrain_epochs - start, 0)
