@@ -372,3 +372,33 @@ def test_clustering_stage_shuffles_with_one_shape(small_digits, monkeypatch):
   assert len(set(sizes)) > 1, sizes          # the set did change size between epochs
   assert len(lengths) >= TINY["pretrain_epochs"] + len(sizes)
   assert set(lengths) == {200}, sorted(set(lengths))
+
+
+def test_scanned_pretrain_epoch_equals_the_step_loop():
+  """`pretrain_epoch` (one lax.scan) makes the same updates with the same keys as calling
+  `pretrain_step` batch by batch, and reports the same mean metrics."""
+  x_all = jnp.asarray(np.random.default_rng(0).uniform(size=(40, 8, 8, 1)), jnp.float32)
+  cfg = m.Config(**TINY, augment=True, pretrain_schedule="warmup_cosine", pretrain_warmup=0.5)
+  net = m.make_net(cfg, x_all.shape)
+  steps = m.make_steps(net, cfg, 2, 6)
+  params = net.init(jax.random.key(0), x_all[:2])
+  batches = [(np.arange(i, i + 16), np.ones(16, np.float32)) for i in (0, 16)] + \
+            [(np.r_[32:40, np.zeros(8, int)], np.r_[np.ones(8), np.zeros(8)].astype(np.float32))]
+  key = jax.random.key(3)
+  out = {}
+  for name, runner, fn in (("steps", m._run_steps, "pretrain_step"),
+                           ("scan", m._run_scanned, "pretrain_epoch")):
+    state = m.TrainState(jax.tree.map(jnp.copy, params), steps["tx"].init(params))
+    timer = m._Timer()
+    state, metrics, nb = runner(steps[fn], [None], timer, state, iter(batches), x_all, key=key)
+    out[name] = (state, metrics, nb, timer.steps)
+  (s1, m1, n1, t1), (s2, m2, n2, t2) = out["steps"], out["scan"]
+  assert n1 == n2 == t1 == t2 == 3
+  chex.assert_trees_all_close(s1.params, s2.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(s1.opt_state, s2.opt_state, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m1["loss_rec"], m2["loss_rec"], rtol=1e-6)
+  assert np.isfinite(m2["loss_rec"])
+  # an empty epoch changes nothing
+  state, metrics, nb = m._run_scanned(steps["pretrain_epoch"], [None], m._Timer(), s2, iter([]),
+                                      x_all, key=key)
+  assert (metrics, nb) == ({}, 0) and state is s2
