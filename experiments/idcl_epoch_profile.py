@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Where an IDCL clustering epoch spends its time, on whatever backend JAX runs on.
 
-Runs the pieces of `methods/idcl.py` `fit` itself (make_steps, _epoch_batches, _run_steps)
+Runs the pieces of `methods/idcl.py` `fit` itself (make_steps, _epoch_batches, _run_scanned,
+_run_steps)
 for a short pre-training and then E clustering epochs, timing each part of an epoch with a
 device sync after it: embed all, the jitted assignment pass (Alg. 2 lines 5-10), the host
 reads of its results, the epoch's shuffle, and the mini-batch steps. Afterwards the parts of
@@ -40,6 +41,7 @@ def main(argv=None):
   p.add_argument("--epochs", type=int, default=12, help="clustering epochs timed")
   p.add_argument("--reps", type=int, default=5, help="repetitions of each assignment part")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--max-samples", type=int, default=None, help="use only the first N samples")
   p.add_argument("--out", default=None, help="JSON list to append the record to")
   args = p.parse_args(argv)
   if args.epochs < 2 or args.pretrain_epochs < 1:
@@ -60,8 +62,9 @@ def main(argv=None):
 
   overrides = json.loads(Path(args.config).read_text()) if args.config else {}
   cfg = dataclasses.replace(idcl.Config(), **overrides)
+  cfg = dataclasses.replace(cfg, hidden=tuple(int(h) for h in cfg.hidden))   # as fit does
   cfg.validate()
-  data = load_dataset(args.dataset, data_dir=args.data_dir)
+  data = load_dataset(args.dataset, data_dir=args.data_dir, max_samples=args.max_samples)
   k = int(data.n_clusters)
   x_np = idcl.prepare_inputs(data, cfg)
   n = x_np.shape[0]
@@ -79,8 +82,8 @@ def main(argv=None):
   pre_timer, pre_compiled = idcl._Timer(), [None]
   for epoch in range(args.pretrain_epochs):
     bs = idcl._epoch_batches(k_pre, epoch, np.arange(n), cfg.batch_size, n)
-    state, _, _ = idcl._run_steps(steps["pretrain_step"], pre_compiled, pre_timer, state, bs,
-                                  x_all, key=epoch_key(k_pre, epoch))
+    state, _, _ = idcl._run_scanned(steps["pretrain_epoch"], pre_compiled, pre_timer, state, bs,
+                                    x_all, key=epoch_key(k_pre, epoch))
   pretrain_s = time.perf_counter() - t0
   z0 = steps["embed"](state.params, x_all)
   y_prev = np.asarray(kmeans(k_km0, z0, k, n_init=cfg.kmeans_n_init).labels, np.int32)
@@ -167,7 +170,7 @@ def main(argv=None):
       "config": overrides, "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
       "command": "python experiments/idcl_epoch_profile.py " + " ".join(argv or sys.argv[1:]),
       "pretrain_s_per_epoch": round(pretrain_s / args.pretrain_epochs, 4),
-      "pretrain_step_compile_s": round(pre_timer.compile_s, 2),
+      "pretrain_epoch_compile_s": round(pre_timer.compile_s, 2),
       "train_step_compile_s": round(tr_timer.compile_s, 2),
       "first_epoch_ms": {name: round(v[0], 1) for name, v in per_epoch.items()},
       "median_epoch_ms": {name: med(v[1:]) for name, v in per_epoch.items()},

@@ -169,3 +169,24 @@ def test_run_checks_reads_the_stage_boundary_from_a_log(tmp_path, capsys):
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
   rc.main([str(tmp_path)])
   assert "– (1)" in capsys.readouterr().out        # no pre-training rows: no ratio
+
+
+def test_idcl_epoch_profile_times_every_part(tmp_path):
+  cfg_file = tmp_path / "tiny.json"
+  cfg_file.write_text(json.dumps({"hidden": [16, 16, 32], "latent": 4, "batch_size": 64,
+                                  "kmeans_n_init": 2}))
+  out = tmp_path / "prof.json"
+  args = ["--dataset", "digits", "--max-samples", "200", "--config", str(cfg_file),
+          "--pretrain-epochs", "1", "--epochs", "3", "--reps", "1", "--out", str(out)]
+  _script("idcl_epoch_profile").main(args)
+  _script("idcl_epoch_profile").main(args)                   # appends a second record
+  recs = json.loads(out.read_text())
+  assert len(recs) == 2 and recs[0]["n"] == 200 and recs[0]["backend"] == jax.default_backend()
+  rec = recs[0]
+  parts = rec["median_epoch_ms"]
+  assert set(parts) == {"embed", "assign", "host_reads", "shuffle", "steps", "epoch"}
+  assert all(v >= 0 for v in parts.values())
+  assert parts["epoch"] >= parts["steps"] and parts["epoch"] >= parts["assign"]
+  assert rec["steps_per_epoch"] >= 1 and rec["shuffle_by_set_size_ms"] > 0
+  assert set(rec["assign_parts_ms"]) >= {"cutoff_distance", "local_density", "lloyd_warm",
+                                         "core_similarity_Q"}
