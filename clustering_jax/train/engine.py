@@ -1,0 +1,211 @@
+"""The one training engine: train state, scanned epochs, compile-and-time, stages, embedding.
+
+Every method trains through these pieces:
+
+- `TrainState`: params, opt_state, step and `extra` (any other trees a step carries:
+  an EMA teacher, centers, batch statistics, previous labels). The optimizer `tx` is a
+  static field, so learning-rate schedules are optax schedules read from its own count.
+- `ScannedEpoch(step_fn)`: one jitted `lax.scan` of `step_fn` over a fixed-shape batch
+  matrix. Batches whose weights are all zero are skipped (`lax.cond`: no update, no
+  optimizer count), so a member set that changes size (a curriculum) runs with one shape
+  and compiles once. Compiled ahead of time on first use; its compile time, steps and step
+  time are recorded. With more than one device the batch axis is sharded over a `data`
+  mesh axis and everything else is replicated: no sharding code in the methods.
+- `run_stage(run, name, state, n_epochs, epoch_fn)`: restore -> epochs -> log -> save, the
+  only copy of that loop; returns the state and the stage's timing summary.
+- `make_embed(fn, block)`: a whole dataset through `fn` in row blocks.
+
+Key convention: a method hands each epoch its epoch key (`epoch_key(stage_key, epoch)`
+unless it splits it further); batch b of the epoch uses `fold_in(epoch_key, b)`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.training import train_state
+
+from clustering_jax.ops.distances import map_row_blocks
+from clustering_jax.train.batching import batch_matrix
+from clustering_jax.train.run import Run
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState (step, apply_fn, params, tx, opt_state) plus `extra` trees."""
+  extra: Any = None
+
+
+def new_state(params, tx, extra=None, apply_fn=None) -> TrainState:
+  state = TrainState.create(apply_fn=apply_fn, params=params, tx=tx, extra=extra)
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+# -- batches -------------------------------------------------------------------------
+def epoch_batches(order: np.ndarray, n_total: int, batch_size: int):
+  """(idx, w), each (n_batches, B), of fixed shape for a set of at most n_total samples.
+
+  n_batches = max(n_total // B, 1) with B = min(batch_size, n_total): the shape depends
+  on the data only. `order` (the epoch's shuffled members) fills full batches first (its
+  remainder is dropped; the order is reshuffled every epoch); a set smaller than one batch
+  forms one batch padded with zero-weight rows; the rows after the set's batches have
+  zero weight and are skipped by `ScannedEpoch`.
+  """
+  order = np.asarray(order)
+  if len(order) > n_total:
+    raise ValueError(f"order has {len(order)} samples, more than n_total={n_total}")
+  b = max(min(int(batch_size), int(n_total)), 1)
+  nb = max(n_total // b, 1)
+  idx = np.zeros((nb, b), np.int32)
+  w = np.zeros((nb, b), np.float32)
+  if len(order) >= b:
+    full = batch_matrix(order, b)
+    idx[:len(full)], w[:len(full)] = full, 1.0
+  elif len(order):
+    idx[0, :len(order)], w[0, :len(order)] = order, 1.0
+  return idx, w
+
+
+# -- devices ---------------------------------------------------------------------------
+def data_mesh() -> Optional[jax.sharding.Mesh]:
+  """A one-axis ('data') mesh over all devices, or None on a single device."""
+  if jax.device_count() == 1:
+    return None
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicate(tree, mesh):
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def shard_rows(tree, mesh, axis: int = 0):
+  """Splits every leaf's `axis` over the mesh's data axis (its size must divide it)."""
+  if mesh is None:
+    return tree
+  spec = jax.sharding.PartitionSpec(*([None] * axis + ["data"]))
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
+
+
+# -- one scanned epoch ---------------------------------------------------------------------
+class ScannedEpoch:
+  """`step_fn(state, consts, idx, w, key) -> (state, metrics)` scanned over an epoch.
+
+  Calling it with (state, consts, idx (nb, B), w (nb, B), key) returns the new state and
+  the metrics averaged over the batches that ran (summed in batch order on the device), as
+  Python floats: one host sync per epoch. The state is donated. `n_compiles` counts the
+  shapes compiled (1 in a fit whose shapes are fixed).
+  """
+
+  def __init__(self, step_fn: Callable):
+    self._step = step_fn
+    self._jit = jax.jit(self._epoch, donate_argnums=0)
+    self._exe: dict = {}
+    self.compile_s, self.n_compiles, self.steps, self.step_s = 0.0, 0, 0, 0.0
+
+  def _epoch(self, state, consts, idx, w, key):
+    m_shape = jax.eval_shape(self._step, state, consts, idx[0], w[0], key)[1]
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+
+    def body(carry, xs):
+      st, total, count = carry
+      b, ib, wb = xs
+      k = jax.random.fold_in(key, b)
+      st, m = jax.lax.cond(jnp.sum(wb) > 0, lambda s: self._step(s, consts, ib, wb, k),
+                           lambda s: (s, zeros), st)
+      return (st, jax.tree.map(jnp.add, total, m), count + (jnp.sum(wb) > 0)), None
+
+    nb = idx.shape[0]
+    (state, total, count), _ = jax.lax.scan(body, (state, zeros, jnp.int32(0)),
+                                            (jnp.arange(nb), idx, w))
+    return state, jax.tree.map(lambda t: t / jnp.maximum(count, 1).astype(t.dtype), total), count
+
+  def __call__(self, state, consts, idx, w, key):
+    mesh = data_mesh()
+    idx, w = jnp.asarray(idx, jnp.int32), jnp.asarray(w, jnp.float32)
+    if mesh is not None:
+      state, consts, key = replicate((state, consts, key), mesh)
+      split = idx.shape[1] % mesh.size == 0
+      idx, w = (shard_rows if split else replicate)((idx, w), mesh, *((1,) if split else ()))
+    args = (state, consts, idx, w, key)
+    sig = jax.tree.map(lambda a: (np.shape(a), str(jnp.result_type(a))), args)
+    sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)))
+    if sig not in self._exe:
+      t = time.perf_counter()
+      self._exe[sig] = self._jit.lower(*args).compile()
+      self.compile_s += time.perf_counter() - t
+      self.n_compiles += 1
+    t = time.perf_counter()
+    state, metrics, count = self._exe[sig](*args)
+    metrics, count = jax.device_get((metrics, count))
+    self.step_s += time.perf_counter() - t
+    self.steps += int(count)
+    return state, {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
+                   for k, v in metrics.items()}
+
+
+# -- stages ---------------------------------------------------------------------------------
+class Epoch(NamedTuple):
+  """What a method's epoch function returns to `run_stage`."""
+  state: Any
+  metrics: dict
+  labels: Any = None      # this epoch's labels, for the display score only (never training)
+  stop: bool = False      # the method's stop rule fired: the stage ends after this epoch
+
+
+def _stopped(run: Run, name: str) -> bool:
+  return any(r.get("stage") == name and r.get("stopped") for r in run.history)
+
+
+def run_stage(run: Run, name: str, state, n_epochs: int, epoch_fn: Callable, *,
+              scans: tuple = ()):
+  """Restore -> epochs -> log -> save for one stage. Returns (state, info).
+
+  epoch_fn(epoch, state) -> Epoch. A checkpoint is written when due, at the stage's last
+  epoch and at a stop; a stage that stopped (a logged row with "stopped") is not resumed.
+  info: epochs (run in this call), epoch_s (median wall time of an epoch without
+  compilation), compile_s and steps_per_s of the stage's ScannedEpochs (`scans`), stopped_at.
+  """
+  restored = run.restore(name, state)
+  state, start = restored if restored else (state, 0)
+  if restored:
+    state = jax.tree.map(jnp.asarray, state)
+  stop_epoch = next((r["epoch"] for r in run.history
+                     if r.get("stage") == name and r.get("stopped")), None)
+  times = []
+  for epoch in run.epochs(name, start, n_epochs if stop_epoch is None else start):
+    t0, c0 = time.perf_counter(), sum(s.compile_s for s in scans)
+    out = epoch_fn(epoch, state)
+    state = out.state
+    metrics = {**out.metrics, **({"stopped": 1} if out.stop else {})}
+    run.log(name, epoch, metrics, labels=out.labels)
+    run.save(name, epoch, state, force=out.stop or epoch + 1 == n_epochs)
+    times.append(time.perf_counter() - t0 - (sum(s.compile_s for s in scans) - c0))
+    if out.stop:
+      stop_epoch = epoch
+      break
+  steps, step_s = sum(s.steps for s in scans), sum(s.step_s for s in scans)
+  info = {"epochs": len(times), "epoch_s": round(float(np.median(times)), 5) if times else None,
+          "compile_s": round(sum(s.compile_s for s in scans), 4) if scans else None,
+          "steps_per_s": round(steps / step_s, 2) if step_s > 0 else None,
+          "stopped_at": stop_epoch}
+  return state, info
+
+
+def timing_info(stages: dict) -> dict:
+  """fit_info_ entries from {stage: run_stage info}: the same keys for every method."""
+  return {"epochs": {k: v["epochs"] for k, v in stages.items()},
+          "timing": {k: {t: v[t] for t in ("epoch_s", "compile_s", "steps_per_s")}
+                     for k, v in stages.items()}}
+
+
+# -- embedding ---------------------------------------------------------------------------
+def make_embed(fn: Callable, *, block: int = 1024) -> Callable:
+  """jitted `embed(params, x)`: fn(params, rows) over row blocks of x, concatenated."""
+  return jax.jit(lambda params, x: map_row_blocks(lambda rows, _: fn(params, rows), x,
+                                                  block=block))
