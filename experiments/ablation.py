@@ -90,6 +90,7 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
   import numpy as np
 
   from clustering_jax import metrics
+  from clustering_jax.methods.base import Views
   from clustering_jax.train.run import Run
 
   spec = METHODS[method]
@@ -102,7 +103,7 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
   score = lambda lab: {"acc": metrics.accuracy(y, lab), "nmi": metrics.nmi(y, lab)}
   if not (pre_dir / "checkpoints" / "pretrain").exists():
     shutil.rmtree(pre_dir, ignore_errors=True)
-    mod.fit(data, dataclasses.replace(cfg, **{spec["epochs_field"]: 0}),
+    mod.fit(Views.of(data), data.n_clusters, dataclasses.replace(cfg, **{spec["epochs_field"]: 0}),
             key=jax.random.key(seed),
             run=Run(str(pre_dir), checkpoint_every=max(cfg.pretrain_epochs, 1)))
   out = work / f"{data.name}_s{seed}_{name}"
@@ -114,7 +115,7 @@ def run_variant(data, method: str, name: str, base: dict, overrides: dict, *, se
     (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in rows))
   run = Run(str(out), checkpoint_every=10**9, score_fn=score)
   t0 = time.perf_counter()
-  res = mod.fit(data, cfg, key=jax.random.key(seed), run=run)
+  res = mod.fit(Views.of(data), data.n_clusters, cfg, key=jax.random.key(seed), run=run)
   wall = time.perf_counter() - t0
   rows = [r for r in run.history if r["stage"] == spec["stage"]]
   curve = {int(r["epoch"]): round(r["acc"], 4) for r in rows

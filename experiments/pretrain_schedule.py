@@ -50,7 +50,7 @@ def clean_rec_loss(data, cfg, params) -> float:
   x = jnp.asarray(idcl.prepare_inputs(data, cfg))
   net = idcl.make_net(cfg, x.shape)
   per_sample = map_row_blocks(
-      lambda rows, _: idcl._rec_per_sample(rows, net.apply(params, rows)[1], "sum"), x,
+      lambda rows, _: idcl.rec_per_sample(rows, net.apply(params, rows)[1], "sum"), x,
       block=512)
   return float(jnp.mean(per_sample))
 
@@ -71,6 +71,7 @@ def main(argv=None):
 
   from clustering_jax import load_dataset
   from clustering_jax.methods import idcl
+  from clustering_jax.methods.base import Views
   from clustering_jax.train.run import NonFiniteError, quiet_run
 
   data = load_dataset(args.dataset, data_dir=args.data_dir)
@@ -83,7 +84,7 @@ def main(argv=None):
       run = quiet_run()
       t0 = time.perf_counter()
       try:
-        res = idcl.fit(data, cfg, key=jax.random.key(seed), run=run)
+        res = idcl.fit(Views.of(data), data.n_clusters, cfg, key=jax.random.key(seed), run=run)
         score = round(clean_rec_loss(data, cfg, res.state["params"]), 5)
       except NonFiniteError:  # a diverged candidate scores +inf
         score = float("inf")

@@ -9,6 +9,7 @@ import numpy as np
 
 from clustering_jax import metrics
 from clustering_jax.data import load_dataset
+from clustering_jax.methods.base import Views
 from clustering_jax.methods import ulhe
 from clustering_jax.train import Run
 
@@ -40,8 +41,8 @@ def test_ulhe_ablation_shares_pretraining_and_matches_an_uninterrupted_fit(tmp_p
   assert "--method ulhe" in recs["default"]["command"]
   # Resuming from the shared checkpoint is the same computation as one uninterrupted fit.
   data = load_dataset("digits")
-  res = ulhe.fit(data, ulhe.Config(**{**TINY, "hidden": tuple(TINY["hidden"]),
-                                      "cluster_epochs": 4}),
+  res = ulhe.fit(Views.of(data), data.n_clusters,
+                 ulhe.Config(**{**TINY, "hidden": tuple(TINY["hidden"]), "cluster_epochs": 4}),
                  key=jax.random.key(0), run=Run(None))
   y = np.asarray(data.labels)
   assert recs["default"]["final"]["acc"] == metrics.accuracy(y, res.labels)

@@ -14,7 +14,10 @@ from clustering_jax.data import builtin
 from clustering_jax.methods import idcl as m
 from clustering_jax.nets.mlp import MLPAutoencoder
 from clustering_jax.nets.transformer import TransformerAutoencoder
+from clustering_jax.ops.partitions import align_partitions
 from clustering_jax.train import Run
+from clustering_jax.train.health import autoencoder_health
+from clustering_jax.train.engine import ScannedEpoch, epoch_batches, new_state
 
 TINY = dict(hidden=(16, 16, 32), latent=4, pretrain_epochs=2, epochs=3, batch_size=64,
             kmeans_n_init=2)
@@ -59,9 +62,11 @@ def test_smoke_fit_tiny_digits(small_digits):
   assert np.isfinite(est.embedding_).all()
   info = est.fit_info_
   assert info["net"] == "TransformerAutoencoder"
-  assert info["epochs_per_stage"] == {"pretrain": 2, "train": info["epochs"]}
-  assert set(info["time_per_epoch_s"]) == set(info["steps_per_s"]) == {"pretrain", "train"}
-  assert info["compile_s"]["train_step"] > 0 and info["steps_per_s"]["train"] > 0
+  assert info["epochs"] == {"pretrain": 2, "train": 3}
+  assert set(info["timing"]) == {"pretrain", "train"}
+  t = info["timing"]["train"]
+  assert t["compile_s"] > 0 and t["steps_per_s"] > 0 and t["epoch_s"] > 0
+  assert t["n_compiles"] == info["timing"]["pretrain"]["n_compiles"] == 1
   train_rows = [r for r in run.history if r["stage"] == "train"]
   assert train_rows and all(np.isfinite(r["loss_kl"]) for r in train_rows if "loss_kl" in r)
   # ζ0 = 0.6 of every cluster at the first clustering epoch (Eq. 7 with ceil per cluster)
@@ -131,9 +136,9 @@ def test_ablation_backbone():
 
 def test_image_resize_rule():
   cfg = m.Config()
-  assert m._image_size(cfg, (28, 28, 1)) == 32   # 7x7 patches (49 odd) -> 32x32 (App. F)
-  assert m._image_size(cfg, (16, 16, 1)) is None
-  assert m._image_size(cfg, (8, 8, 1)) is None
+  assert m.resize_side(cfg, (28, 28, 1)) == 32   # 7x7 patches (49 odd) -> 32x32 (App. F)
+  assert m.resize_side(cfg, (16, 16, 1)) is None
+  assert m.resize_side(cfg, (8, 8, 1)) is None
 
 
 def test_vector_data_uses_mlp():
@@ -147,7 +152,7 @@ def test_vector_data_uses_mlp():
 def test_alignment_is_a_permutation():
   old = np.array([0, 0, 1, 1, 2, 2])
   new = np.array([2, 2, 0, 0, 1, 1])
-  perm = m.alignment(new, old, 3)
+  perm = align_partitions(new, old, 3)
   np.testing.assert_array_equal(perm[new], old)
 
 
@@ -199,10 +204,10 @@ def test_loss_reductions_switch_the_objective():
       steps = m.make_steps(net, cfg, 3)
       params = net.init(jax.random.key(0), x_all[:2])
       z = net.apply(params, x_all, method="encode")
-      state = m.TrainState(params, steps["tx"].init(params))
+      state = new_state(params, m.optimizers(cfg, 0, 0)[1])
       lab = jnp.asarray(np.arange(32) % 3, jnp.int32)
-      _, met = steps["train_step"](state, x_all, p_all, z, lab, jnp.ones(32), idx, w,
-                                   jax.random.key(1))
+      _, met = jax.jit(steps["train_step"])(state, (x_all, p_all, z, lab, jnp.ones(32)), idx,
+                                            w, jax.random.key(1))
       out[kl_reduce, rec] = {k: float(v) for k, v in met.items()}
   np.testing.assert_allclose(out["sum", "mean"]["loss_kl"], 8 * out["mean", "mean"]["loss_kl"],
                              rtol=1e-5)
@@ -216,14 +221,15 @@ def test_pretrain_lr_schedule_values_and_validation():
   """warmup_cosine: 0 -> 1 linearly over 10 % of the steps, then a half cosine to
   pretrain_end_lr / pretrain_lr."""
   cfg = m.Config(pretrain_schedule="warmup_cosine", pretrain_warmup=0.1, pretrain_end_lr=0.0)
-  f = m.pretrain_lr_factor(cfg, 100)
+  f = lambda c: m.pretrain_schedule(cfg, 100)(c) / cfg.pretrain_lr
   t = np.arange(101)
   ref = np.where(t < 10, t / 10, 0.5 * (1 + np.cos(np.pi * np.clip((t - 10) / 90, 0, 1))))
   np.testing.assert_allclose([float(f(i)) for i in t], ref, atol=1e-6)
-  assert m.pretrain_lr_factor(m.Config(pretrain_schedule="constant"), 100) is None
+  const = m.pretrain_schedule(m.Config(pretrain_schedule="constant"), 100)
+  assert float(const(0)) == float(const(99)) == m.Config().pretrain_lr
   # pretrain_end_lr: the half cosine ends at end/peak instead of 0
-  g = m.pretrain_lr_factor(dataclasses.replace(cfg, pretrain_lr=0.001, pretrain_end_lr=0.0002),
-                           100)
+  g = lambda c: m.pretrain_schedule(dataclasses.replace(cfg, pretrain_lr=0.001,
+                                                        pretrain_end_lr=0.0002), 100)(c) / 0.001
   ref_end = np.where(t < 10, t / 10, 0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * np.clip((t - 10) / 90,
                                                                                    0, 1))))
   np.testing.assert_allclose([float(g(i)) for i in t], ref_end, atol=1e-6)
@@ -245,12 +251,12 @@ def test_pretrain_schedule_scales_the_adam_step():
     cfg = m.Config(**TINY, augment=False, pretrain_schedule=sched, pretrain_warmup=0.5,
                    pretrain_lr=0.001)
     net = m.make_net(cfg, x_all.shape)
-    steps = m.make_steps(net, cfg, 2, 4)              # warm-up: 2 of 4 steps
+    step = jax.jit(m.make_steps(net, cfg, 2)["pretrain_step"])
     params = net.init(jax.random.key(0), x_all[:2])
-    state = m.TrainState(params, steps["tx"].init(params))
+    state = new_state(params, m.optimizers(cfg, 4, 0)[0])   # warm-up: 2 of 4 steps
     deltas = []
     for _ in range(3):
-      new, _ = steps["pretrain_step"](jax.tree.map(jnp.copy, state), x_all, idx, w, key)
+      new, _ = step(jax.tree.map(jnp.copy, state), x_all, idx, w, key)
       deltas.append(jax.tree.map(lambda a, b: np.asarray(a - b), new.params, state.params))
       state = new
     moved[sched] = deltas
@@ -292,18 +298,23 @@ def test_pretrain_health_flags_a_collapsed_embedding():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(50, 8, 8, 1))
   z_ok = rng.normal(size=(50, 4))
-  info, problems = m.pretrain_health(x, z_ok, last_rec=0.1 * x.reshape(50, -1).var(0).sum())
+  info, problems = autoencoder_health(x, z_ok, last_rec=0.1 * x.reshape(50, -1).var(0).sum())
   assert problems == [] and info["pretrain_rec_over_variance"] == pytest.approx(0.1)
   assert 0.5 < info["embedding_spread"] <= 1.0
   z_point = np.tile(rng.normal(size=(1, 4)), (50, 1))            # every input -> one point
-  info, problems = m.pretrain_health(x, z_point, last_rec=None)
+  info, problems = autoencoder_health(x, z_point, last_rec=None)
   assert info["embedding_spread"] == 0.0 and len(problems) == 1 and "same point" in problems[0]
-  _, problems = m.pretrain_health(x, np.zeros((50, 4)), last_rec=None)   # the origin too
+  _, problems = autoencoder_health(x, np.zeros((50, 4)), last_rec=None)   # the origin too
   assert len(problems) == 1
   # per-pixel L_rec (rec_loss="mean") is scaled back to a per-sample sum
-  info, _ = m.pretrain_health(x, z_ok, last_rec=x.reshape(50, -1).var(0).mean(),
+  info, _ = autoencoder_health(x, z_ok, last_rec=x.reshape(50, -1).var(0).mean(),
                               rec_loss="mean")
   assert info["pretrain_rec_over_variance"] == pytest.approx(1.0)
+
+
+def _with_count(opt_state, count):
+  """An optax state whose step counters read `count`."""
+  return jax.tree.map(lambda a: jnp.asarray(count, a.dtype) if a.ndim == 0 else a, opt_state)
 
 
 def test_clustering_warmup_scales_the_stage_steps():
@@ -320,17 +331,18 @@ def test_clustering_warmup_scales_the_stage_steps():
     net = m.make_net(cfg, x_all.shape)
     params = net.init(jax.random.key(0), x_all[:2])
     z = net.apply(params, x_all, method="encode")
-    opt = m.make_steps(net, cfg, 3, pre_steps)["tx"].init(params)
-    start = 0 if reset else pre_steps
-    opt = (opt[0]._replace(count=jnp.asarray(start, jnp.int32)),) + tuple(opt[1:])
-    state = m.TrainState(params, opt)
+    step = jax.jit(m.make_steps(net, cfg, 3)["train_step"])
+    consts = (x_all, p_all, z, lab, jnp.ones(32))
     deltas = {}
     for warm in (0, 4):
-      steps = m.make_steps(net, cfg, 3, pre_steps, warm)
-      s, out = jax.tree.map(jnp.copy, state), []
+      tx = m.optimizers(cfg, pre_steps, warm)[1]
+      s = new_state(params, tx)
+      if not reset:   # the stage starts after the pre-training's Adam steps
+        s = s.replace(opt_state=_with_count(s.opt_state, pre_steps))
+      out = []
       for _ in range(5):
-        before = leaves(s.params)     # train_step donates its state
-        s, _ = steps["train_step"](s, x_all, p_all, z, lab, jnp.ones(32), idx, w, key)
+        before = leaves(s.params)
+        s, _ = step(s, consts, idx, w, key)
         out.append(leaves(s.params) - before)
       deltas[warm] = out
     # first step of the stage: a quarter of the un-warmed step, from the same state (the
@@ -375,34 +387,23 @@ def test_clustering_stage_shuffles_with_one_shape(small_digits, monkeypatch):
 
 
 def test_scanned_pretrain_epoch_equals_the_step_loop():
-  """`pretrain_epoch` (one lax.scan) makes the same updates with the same keys as calling
-  `pretrain_step` batch by batch, and reports the same mean metrics."""
+  """The engine's scanned epoch of `pretrain_step` (augmentation keys per batch) makes the
+  same updates as calling the step batch by batch with fold_in(key, b)."""
   x_all = jnp.asarray(np.random.default_rng(0).uniform(size=(40, 8, 8, 1)), jnp.float32)
   cfg = m.Config(**TINY, augment=True, pretrain_schedule="warmup_cosine", pretrain_warmup=0.5)
   net = m.make_net(cfg, x_all.shape)
-  steps = m.make_steps(net, cfg, 2, 6)
+  step = m.make_steps(net, cfg, 2)["pretrain_step"]
   params = net.init(jax.random.key(0), x_all[:2])
-  batches = [(np.arange(i, i + 16), np.ones(16, np.float32)) for i in (0, 16)] + \
-            [(np.r_[32:40, np.zeros(8, int)], np.r_[np.ones(8), np.zeros(8)].astype(np.float32))]
+  tx = m.optimizers(cfg, 6, 0)[0]
+  idx, w = epoch_batches(np.arange(40)[::-1], 40, 16)       # 2 full batches (8 dropped)
   key = jax.random.key(3)
-  out = {}
-  for name, runner, fn in (("steps", m._run_steps, "pretrain_step"),
-                           ("scan", m._run_scanned, "pretrain_epoch")):
-    state = m.TrainState(jax.tree.map(jnp.copy, params), steps["tx"].init(params))
-    timer = m._Timer()
-    state, metrics, nb = runner(steps[fn], [None], timer, state, iter(batches), x_all, key=key)
-    out[name] = (state, metrics, nb, timer.steps)
-  (s1, m1, n1, t1), (s2, m2, n2, t2) = out["steps"], out["scan"]
-  assert n1 == n2 == t1 == t2 == 3
-  if jax.default_backend() == "cpu":   # bit-identical there (an accelerator may fuse differently)
-    chex.assert_trees_all_equal(s1.params, s2.params)
-    chex.assert_trees_all_equal(s1.opt_state, s2.opt_state)
-    assert m1["loss_rec"] == m2["loss_rec"]
+  scan = ScannedEpoch(step)
+  s1, m1 = scan(new_state(jax.tree.map(jnp.copy, params), tx), x_all, idx, w, key)
+  s2, losses = new_state(params, tx), []
+  for b in range(2):
+    s2, mb = jax.jit(step)(s2, x_all, jnp.asarray(idx[b]), jnp.asarray(w[b]),
+                           jax.random.fold_in(key, b))
+    losses.append(float(mb["loss_rec"]))
   chex.assert_trees_all_close(s1.params, s2.params, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(s1.opt_state, s2.opt_state, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(m1["loss_rec"], m2["loss_rec"], rtol=1e-6)
-  assert np.isfinite(m2["loss_rec"])
-  # an empty epoch changes nothing
-  state, metrics, nb = m._run_scanned(steps["pretrain_epoch"], [None], m._Timer(), s2, iter([]),
-                                      x_all, key=key)
-  assert (metrics, nb) == ({}, 0) and state is s2
+  np.testing.assert_allclose(m1["loss_rec"], np.mean(losses), rtol=1e-5)
+  assert scan.steps == 2 and int(s1.step) == 2

@@ -12,7 +12,9 @@ from clustering_jax import metrics
 from clustering_jax.api import get_estimator
 from clustering_jax.data import from_arrays
 from clustering_jax.methods import ulhe
+from clustering_jax.methods.base import Views
 from clustering_jax.train import Run
+from clustering_jax.train.engine import ScannedEpoch, new_state
 
 TINY = dict(hidden=(16, 16, 32), latent=4, pretrain_epochs=3, pretrain_batch_size=32,
             cluster_epochs=6, batch_size=32, kmeans_n_init=2, pretrain_optimizer="adam",
@@ -30,7 +32,8 @@ def blobs():
 
 def _fit(data, seed=0, run=None, **over):
   cfg = ulhe.Config(**{**TINY, **over})
-  return ulhe.fit(data, cfg, key=jax.random.key(seed), run=run or Run(None)), cfg
+  return ulhe.fit(Views.of(data), data.n_clusters, cfg, key=jax.random.key(seed),
+                  run=run or Run(None)), cfg
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +53,11 @@ def test_smoke_run_shapes_and_info(smoke, blobs):
   np.testing.assert_allclose(np.linalg.norm(res.embedding, axis=1), 1.0, atol=1e-5)
   assert set(np.unique(res.labels)) <= {0, 1, 2}
   info = res.info
-  assert info["pretrain_epochs_run"] == 3 and info["cluster_epochs_run"] == 6
-  for key in ("pretrain_epoch_s", "cluster_epoch_s", "compile_s", "pretrain_steps_per_s"):
-    assert info[key] is not None and info[key] >= 0
+  assert info["epochs"] == {"pretrain": 3, "cluster": 6}
+  for stage in ("pretrain", "cluster"):
+    t = info["timing"][stage]
+    assert t["epoch_s"] > 0 and t["compile_s"] > 0 and t["steps_per_s"] > 0
+    assert t["n_compiles"] == 1   # the growing self-paced set reuses one compiled epoch
   stages = [r["stage"] for r in run.history]
   assert stages.count("pretrain") == 3 and stages.count("init") == 1
   assert stages.count("cluster") == 6
@@ -80,7 +85,7 @@ def test_stop_rule_ends_training(blobs):
   # the first check after a w-update (epoch 1), not at epoch 0 (s^(0) from k-means).
   res, _ = _fit(data, eta=1.01, spl_steps=1, pretrain_epochs=1)
   assert res.info["stopped_by_rule"] and res.info["stop_epoch"] == 1
-  assert res.info["cluster_epochs_run"] == 1
+  assert res.info["epochs"]["cluster"] == 2     # epoch 0 trained, epoch 1 stopped
   # Before the last step the rule advances the schedule instead of stopping.
   res, _ = _fit(data, eta=1.01, spl_steps=3, pretrain_epochs=1)
   adv = res.info["spl_advances"]
@@ -92,7 +97,7 @@ def test_stop_rule_ends_training(blobs):
   adv = res.info["spl_advances"]
   assert [(a["epoch"], a["step"], a["by_stop_rule"]) for a in adv] == [(2, 1, False),
                                                                         (4, 2, False)]
-  assert res.info["stop_epoch"] == 5 and res.info["cluster_epochs_run"] == 5
+  assert res.info["stop_epoch"] == 5 and res.info["epochs"]["cluster"] == 6
 
 
 @pytest.mark.parametrize("unif,cmpt", [(False, True), (True, False), (False, False)])
@@ -172,22 +177,23 @@ def test_augment_switches_change_each_stage_and_need_images(blobs):
   x = jax.numpy.asarray(data.concat())
   net = ulhe.make_net(cfg, x.shape[1])
   params = ulhe.init_params(cfg, jax.random.key(0), x.shape[1])
-  tx = ulhe._optimizer("adam", 1e-3, 0.9)
-  idx = jax.numpy.arange(48).reshape(3, 16)
+  tx = ulhe.optimizer("adam", 1e-3, 0.9)
+  idx, w = jax.numpy.arange(48).reshape(3, 16), jax.numpy.ones((3, 16))
   k0, k1 = jax.random.key(1), jax.random.key(2)
-  state = (params, tx.init(params))
-  plain = ulhe.make_pretrain_epoch(net, tx, "mean")(state, x, idx, k0)[1]["rec"]
-  aug = ulhe.make_pretrain_epoch(net, tx, "mean", (8, 8, 1))
-  a0, a0b, a1 = (aug(state, x, idx, k)[1]["rec"] for k in (k0, k0, k1))
+
+  def first_epoch(step, params, x, key, extra=None):
+    return ScannedEpoch(step)(new_state(jax.tree.map(jax.numpy.copy, params), tx, extra), x,
+                              idx, w, key)[1]
+
+  plain = first_epoch(ulhe.make_pretrain_step(net, "mean"), params, x, k0)["rec"]
+  aug = ulhe.make_pretrain_step(net, "mean", (8, 8, 1))
+  a0, a0b, a1 = (first_epoch(aug, params, x, k)["rec"] for k in (k0, k0, k1))
   assert float(a0) != pytest.approx(float(plain), rel=1e-4)   # the inputs were warped
   assert float(a0) == float(a0b) and float(a0) != float(a1)    # keyed, deterministic
   enc = params["params"]["encoder"]
-  centers = jax.numpy.eye(3, cfg.latent)
-  labels = jax.numpy.arange(48) % 3
-  cl_state = (enc, tx.init(enc))
-  c_plain = ulhe.make_cluster_epoch(net, tx, cfg)(cl_state, x, idx, centers, labels, k0)[1]
-  c_aug = ulhe.make_cluster_epoch(net, tx, cfg, (8, 8, 1))(cl_state, x, idx, centers,
-                                                           labels, k0)[1]
+  sm = lambda: {"centers": jax.numpy.eye(3, cfg.latent), "labels": jax.numpy.arange(48) % 3}
+  c_plain = first_epoch(ulhe.make_cluster_step(net, cfg), enc, x, k0, sm())
+  c_aug = first_epoch(ulhe.make_cluster_step(net, cfg, (8, 8, 1)), enc, x, k0, sm())
   chex.assert_tree_all_finite(c_aug)
   assert float(c_aug["clus"]) != pytest.approx(float(c_plain["clus"]), rel=1e-4)
   # End to end on images; on vector data the switches are a clear error.

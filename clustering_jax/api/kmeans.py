@@ -30,7 +30,7 @@ class KMeans(ClusteringEstimator):
   def _fit(self, data, key, run):
     x = jnp.asarray(data.concat())
     cfg = self.config
-    res = kmeans_op(key, x, data.n_clusters, n_init=cfg.n_init, max_iter=cfg.max_iter,
+    res = kmeans_op(key, x, int(self.n_clusters), n_init=cfg.n_init, max_iter=cfg.max_iter,
                     tol=cfg.tol, metric=cfg.metric)
     run.log("kmeans", 0, {"inertia": res.inertia, "n_iter": res.n_iter}, labels=res.labels)
     return FitResult(labels=np.asarray(res.labels), embedding=np.asarray(x),

@@ -24,4 +24,4 @@ class LargeMvC(ClusteringEstimator):
   accepts = "any"   # images are flattened to one vector view
 
   def _fit(self, data, key, run):
-    return largemvc.fit(data, self.config, key=key, run=run)
+    return largemvc.fit(data, int(self.n_clusters), self.config, key=key, run=run)

@@ -32,9 +32,9 @@ class Spectral(ClusteringEstimator):
     cfg = self.config
     k_emb, k_km = jax.random.split(key)
     x = jnp.asarray(data.concat())
-    emb, eig = spectral_embedding(k_emb, x, data.n_clusters, method=cfg.graph,
+    emb, eig = spectral_embedding(k_emb, x, int(self.n_clusters), method=cfg.graph,
                                   k=cfg.n_neighbors, n_anchors=cfg.n_anchors)
-    res = kmeans(k_km, emb, data.n_clusters, n_init=cfg.n_init)
+    res = kmeans(k_km, emb, int(self.n_clusters), n_init=cfg.n_init)
     run.log("spectral", 0, {"inertia": res.inertia}, labels=res.labels)
     return FitResult(labels=np.asarray(res.labels), embedding=np.asarray(emb),
                      info={"eigenvalues": np.asarray(eig).tolist()})

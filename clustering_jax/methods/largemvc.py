@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clustering_jax.data.container import Dataset
-from clustering_jax.methods.base import FitResult
+from clustering_jax.methods.base import FitResult, Views, in_range, one_of
 from clustering_jax.ops.kmeans import kmeans
 from clustering_jax.ops.spectral import spectral_embedding
 from clustering_jax.ops.unfolding import (ACTIVATIONS, GRAD_POLICIES, SHRINK_MODES, procrustes,
                                           row_shrink, soft_threshold)
+from clustering_jax.train import engine
 from clustering_jax.train.run import Run
 
 VARIANTS = ("full", "amvc", "rmvc")
@@ -64,6 +64,22 @@ class Config:
   kmeans_n_init: int = 10            # restarts of every k-means (init and final)
   shard: str = "auto"                # auto (devices when > 1) | none | devices
 
+  def validate(self):
+    one_of(self, "activation", tuple(ACTIVATIONS))
+    one_of(self, "shrink", SHRINK_MODES)
+    one_of(self, "procrustes_grad", GRAD_POLICIES)
+    one_of(self, "variant", VARIANTS)
+    one_of(self, "shard", SHARD_MODES)
+    in_range(self, "n_layers", 1)
+    in_range(self, "epochs", 0)
+    in_range(self, "anchor_multiple", 1)
+    if self.n_anchors is not None:
+      in_range(self, "n_anchors", 1)
+    if self.lipschitz != "auto":
+      in_range(self, "lipschitz", 0.0, lo_open=True)
+    if self.rho_init != "median":
+      in_range(self, "rho_init", 0.0)
+
 
 class Batch(NamedTuple):
   """Constants of one fit; every array but p0 has the sample axis first."""
@@ -72,31 +88,6 @@ class Batch(NamedTuple):
   h0: jax.Array    # (n, m) one-hot initial H
   e0s: tuple       # V x (n, d_v) initial E_v
   p0s: tuple       # V x (m, d_v) initial P_v
-
-
-def check_config(cfg: Config) -> None:
-  if cfg.activation not in ACTIVATIONS:
-    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {cfg.activation!r}")
-  if cfg.shrink not in SHRINK_MODES:
-    raise ValueError(f"shrink must be one of {SHRINK_MODES}, got {cfg.shrink!r}")
-  if cfg.procrustes_grad not in GRAD_POLICIES:
-    raise ValueError(f"procrustes_grad must be one of {GRAD_POLICIES}, got {cfg.procrustes_grad!r}")
-  if cfg.variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
-  if cfg.shard not in SHARD_MODES:
-    raise ValueError(f"shard must be one of {SHARD_MODES}, got {cfg.shard!r}")
-  if cfg.n_layers < 1:
-    raise ValueError(f"n_layers must be >= 1, got {cfg.n_layers}")
-  if cfg.epochs < 0:
-    raise ValueError(f"epochs must be >= 0, got {cfg.epochs}")
-  if cfg.anchor_multiple < 1 or (cfg.n_anchors is not None and cfg.n_anchors < 1):
-    raise ValueError(f"need n_anchors >= 1 and anchor_multiple >= 1, got {cfg.n_anchors}, "
-                     f"{cfg.anchor_multiple}")
-  if not (cfg.lipschitz == "auto" or (isinstance(cfg.lipschitz, (int, float))
-                                      and cfg.lipschitz > 0)):
-    raise ValueError(f"lipschitz must be a number > 0 or 'auto', got {cfg.lipschitz!r}")
-  if not (cfg.rho_init == "median" or isinstance(cfg.rho_init, (int, float))):
-    raise ValueError(f"rho_init must be a number or 'median', got {cfg.rho_init!r}")
 
 
 # -- the network: pure functions ----------------------------------------------------
@@ -185,16 +176,15 @@ def loss_fn(params, batch: Batch, cfg: Config):
   return loss, aux
 
 
-def make_step(cfg: Config, tx):
-  """Jitted full-batch step: (params, opt_state, batch) -> (params, opt_state, metrics)."""
-  def step(params, opt_state, batch):
-    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, cfg)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    aux["theta_mean"] = jnp.mean(params["theta"])
-    aux["rho_mean"] = jnp.mean(params["rho"])
-    return params, opt_state, aux
-  return jax.jit(step, donate_argnums=(0, 1))
+def make_step(cfg: Config):
+  """Engine step: one full-batch Adam step on Eq. 14 (consts = the Batch; idx, w unused)."""
+  def step(state, batch, idx, w, key):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, cfg)
+    state = state.apply_gradients(grads=grads)
+    aux["theta_mean"] = jnp.mean(state.params["theta"])
+    aux["rho_mean"] = jnp.mean(state.params["rho"])
+    return state, aux
+  return step
 
 
 # -- initialization --------------------------------------------------------------------
@@ -279,69 +269,43 @@ def init_params(p0s, e0s, mask, cfg: Config) -> dict:
 def _place(batch: Batch, n: int, cfg: Config):
   """Pads the sample axis to a multiple of the device count and shards it ('data' axis).
 
-  Padded rows have an all-zero mask, so they add nothing to any sum. Returns (batch, n_dev).
+  Padded rows have an all-zero mask, so they add nothing to any sum. Returns (batch, mesh).
   """
-  n_dev = jax.device_count()
-  if cfg.shard == "none" or (cfg.shard == "auto" and n_dev == 1):
-    return batch, 1
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  rows, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  pad = (-n) % n_dev
-
-  def padrows(a):
-    a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
-    return jax.device_put(a, rows)
-
-  batch = Batch(xs=tuple(padrows(x) for x in batch.xs), mask=padrows(batch.mask),
-                h0=padrows(batch.h0), e0s=tuple(padrows(e) for e in batch.e0s),
-                p0s=tuple(jax.device_put(p, repl) for p in batch.p0s))
-  return batch, n_dev
+  mesh = engine.data_mesh() if cfg.shard != "none" else None
+  if mesh is None:
+    return batch, None
+  pad = (-n) % mesh.size
+  padrows = lambda a: jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
+  rows = engine.shard_rows(Batch(xs=tuple(map(padrows, batch.xs)), mask=padrows(batch.mask),
+                                 h0=padrows(batch.h0), e0s=tuple(map(padrows, batch.e0s)),
+                                 p0s=()), mesh)
+  return rows._replace(p0s=engine.replicate(batch.p0s, mesh)), mesh
 
 
 # -- fit ---------------------------------------------------------------------------------
 
 def train(batch: Batch, params: dict, cfg: Config, *, run: Run, n: int):
-  """Full-batch training on the unfolded network (Algorithm 1). Returns (params, H, info).
+  """Full-batch training on the unfolded network (Algorithm 1), stage "train".
 
-  Full batch, as the paper: one step per epoch, no per-epoch randomness.
+  One step per epoch, as the paper; no per-epoch randomness. Returns (params, H, info).
   """
-  batch, n_dev = _place(batch, n, cfg)
-  if n_dev > 1:
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    repl = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
-    params = jax.device_put(params, repl)
-  tx = optax.adam(cfg.lr)
-  opt_state = tx.init(params)
-  state = {"params": params, "opt_state": opt_state}
-  restored = run.restore("train", state)
-  state, start = restored if restored else (state, 0)
-  step = make_step(cfg, tx)
-  params, opt_state = state["params"], state["opt_state"]
-  if n_dev > 1:
-    params, opt_state = jax.device_put((params, opt_state), repl)
-  times, compile_s = [], None
-  for epoch in run.epochs("train", start, cfg.epochs):
-    t = time.perf_counter()
-    params, opt_state, m = step(params, opt_state, batch)
-    m = jax.device_get(m)                               # host sync once per epoch
-    dt = time.perf_counter() - t
-    if compile_s is None:
-      compile_s = dt
-    else:
-      times.append(dt)
-    run.log("train", epoch, m)
-    run.save("train", epoch, {"params": params, "opt_state": opt_state})
-  h, _, ps = jax.jit(lambda p, b: forward(p, b, cfg))(params, batch)
-  loss = float(reconstruction_loss(h, batch.xs, ps, batch.mask)[0])
-  info = {"epochs": int(cfg.epochs), "n_devices": n_dev, "final_loss": loss,
-          "compile_s": None if compile_s is None else round(compile_s, 4),
-          "time_per_epoch_s": float(np.median(times)) if times else None,
-          "steps_per_s": float(1.0 / np.median(times)) if times else None}
-  return params, h[:n], info
+  batch, mesh = _place(batch, n, cfg)
+  scan = engine.ScannedEpoch(make_step(cfg))
+  one = (np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32))  # one full-batch step
+  key = jax.random.key(0)                                           # unused: no randomness
+
+  def epoch_fn(epoch, state):
+    return engine.Epoch(*scan(state, batch, *one, key))
+
+  state, info = engine.run_stage(run, "train", engine.new_state(params, optax.adam(cfg.lr)),
+                                 cfg.epochs, epoch_fn, scans=(scan,))
+  h, _, ps = jax.jit(lambda p, b: forward(p, b, cfg))(state.params, batch)
+  info = {**engine.timing_info({"train": info}), "n_devices": 1 if mesh is None else mesh.size,
+          "final_loss": float(reconstruction_loss(h, batch.xs, ps, batch.mask)[0])}
+  return state.params, h[:n], info
 
 
-def prepare(data: Dataset):
+def prepare(data: Views):
   """Views as float32 jnp arrays with missing rows zeroed, and the (n, V) float mask."""
   xs = [np.asarray(v, np.float32) for v in data.flat_views()]
   n, nv = xs[0].shape[0], len(xs)
@@ -350,19 +314,19 @@ def prepare(data: Dataset):
   return xs, jnp.asarray(mask, jnp.float32)
 
 
-def fit(data: Dataset, config: Config, *, key, run: Run) -> FitResult:
+def fit(data: Views, n_clusters: int, config: Config, *, key, run: Run) -> FitResult:
   """Initialization, full-batch training, k-means on the final H."""
-  check_config(config)
+  config.validate()
   t0 = time.perf_counter()
   xs, mask = prepare(data)
   n = data.n_samples
   k_init, k_final = jax.random.split(key)
-  h0, e0s, p0s, init_labels, info = initialize(k_init, xs, mask, data.n_clusters, config)
+  h0, e0s, p0s, init_labels, info = initialize(k_init, xs, mask, n_clusters, config)
   params = init_params(p0s, e0s, mask, config)
   info["lipschitz"] = round(float(1.0 / np.asarray(params["U"])[0, 0]), 5)   # L_p used
   batch = Batch(xs=xs, mask=mask, h0=h0, e0s=e0s, p0s=p0s)
   params, h, tinfo = train(batch, params, config, run=run, n=n)
-  final = kmeans(k_final, h, data.n_clusters, n_init=config.kmeans_n_init)
+  final = kmeans(k_final, h, n_clusters, n_init=config.kmeans_n_init)
   labels = np.asarray(final.labels)
   run.log("final", 0, {"loss": tinfo["final_loss"], "kmeans_inertia": final.inertia},
           labels=labels)

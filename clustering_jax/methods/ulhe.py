@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,15 +23,13 @@ import numpy as np
 import optax
 
 from clustering_jax.data.augment import random_rotate_shift_flat
-from clustering_jax.data.container import Dataset
-from clustering_jax.methods.base import FitResult
+from clustering_jax.methods.base import FitResult, Views, in_range, one_of
 from clustering_jax.nets.mlp import MLPAutoencoder
 from clustering_jax.ops import hypersphere as hs
 from clustering_jax.ops.kmeans import kmeans
-from clustering_jax.train.batching import batch_matrix, epoch_key, epoch_permutation
+from clustering_jax.train import engine
+from clustering_jax.train.batching import epoch_key, epoch_permutation
 from clustering_jax.train.run import Run
-
-EMBED_CHUNK = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +78,21 @@ class Config:
   # Logging only (no effect on training): cluster the pre-training embedding every
   # N epochs so the log shows ACC against pre-training epochs (0: never).
   pretrain_eval_every: int = 0
+  embed_block: int = 8192               # rows per block when embedding all samples (memory)
+
+  def validate(self):
+    one_of(self, "pretrain_optimizer", ("adam", "sgd"))
+    one_of(self, "weight_init", ("torch", "flax"))
+    one_of(self, "spl_advance", ("stop_rule", "fixed"))
+    one_of(self, "rec_reduction", ("mean", "sum"))
+    one_of(self, "reduction", ("mean", "sum"))
+    for name in ("spl_steps", "batch_size", "pretrain_batch_size", "kmeans_n_init",
+                 "embed_block"):
+      in_range(self, name, 1)
+    for name in ("pretrain_epochs", "cluster_epochs", "clip_norm", "eta", "pretrain_eval_every"):
+      in_range(self, name, 0)
+    for name in ("lr", "pretrain_lr"):
+      in_range(self, name, 0.0, lo_open=True)
 
 
 # -- network ------------------------------------------------------------------
@@ -120,23 +132,12 @@ def encode(net: MLPAutoencoder, enc_params, x: jax.Array) -> jax.Array:
   return net.apply({"params": {"encoder": enc_params}}, x, method=MLPAutoencoder.encode)
 
 
-def embed(net: MLPAutoencoder, enc_params, x: jax.Array) -> jax.Array:
-  """F_w for all rows of x (n, d), in chunks (at most two compiled shapes)."""
-  fn = _embed_fn(net)
-  parts = [fn(enc_params, x[s:s + EMBED_CHUNK]) for s in range(0, x.shape[0], EMBED_CHUNK)]
-  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+def make_embed(net: MLPAutoencoder, cfg: Config):
+  """jitted F_w for all rows of x (n, d), in row blocks: embed(enc_params, x)."""
+  return engine.make_embed(lambda p, rows: encode(net, p, rows), block=cfg.embed_block)
 
 
-_EMBED_CACHE: dict = {}
-
-
-def _embed_fn(net):
-  if net not in _EMBED_CACHE:
-    _EMBED_CACHE[net] = jax.jit(lambda p, x: encode(net, p, x))
-  return _EMBED_CACHE[net]
-
-
-def _optimizer(name: str, lr: float, momentum: float, clip_norm: float = 0.0):
+def optimizer(name: str, lr: float, momentum: float, clip_norm: float = 0.0):
   if name == "sgd":
     tx = optax.sgd(lr, momentum=momentum)
   elif name == "adam":
@@ -146,18 +147,18 @@ def _optimizer(name: str, lr: float, momentum: float, clip_norm: float = 0.0):
   return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm > 0 else tx
 
 
-# -- jitted epochs -------------------------------------------------------------
-def _augmenter(image_shape):
-  """x (b, d) -> augmented x, or the identity when image_shape is None."""
+# -- steps ----------------------------------------------------------------------------
+def augmenter(image_shape):
+  """(key, x (b, d)) -> augmented x, or the identity when image_shape is None."""
   if image_shape is None:
     return lambda key, xb: xb
   return lambda key, xb: random_rotate_shift_flat(key, xb, image_shape)
 
 
-def make_pretrain_epoch(net: MLPAutoencoder, tx, rec_reduction: str, image_shape=None):
-  """One pre-training epoch as a scan over mini-batches: minimizes Eq. 3.
-  image_shape: augment each batch (rotate/shift) and reconstruct the augmented images."""
-  aug = _augmenter(image_shape)
+def make_pretrain_step(net: MLPAutoencoder, rec_reduction: str, image_shape=None):
+  """Engine step minimizing Eq. 3 on the full autoencoder (pre-training batches are always
+  full). image_shape: augment each batch (rotate/shift) and reconstruct the augmented images."""
+  aug = augmenter(image_shape)
 
   def loss_fn(params, xb):
     z, x_hat = net.apply(params, xb)
@@ -166,176 +167,117 @@ def make_pretrain_epoch(net: MLPAutoencoder, tx, rec_reduction: str, image_shape
     loss = rec + nrm                                         # Eq. 3
     return loss, {"loss": loss, "rec": rec, "norm": nrm}
 
-  def epoch(state, x, idx, key):
-    def step(st, ib_key):
-      ib, k = ib_key
-      params, opt = st
-      (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, aug(k, x[ib]))
-      upd, opt = tx.update(g, opt, params)
-      return (optax.apply_updates(params, upd), opt), aux
+  def step(state, x, idx, w, key):
+    (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, aug(key, x[idx]))
+    return state.apply_gradients(grads=g), aux
 
-    state, aux = jax.lax.scan(step, state, (idx, jax.random.split(key, idx.shape[0])))
-    return state, jax.tree.map(jnp.mean, aux)
-
-  return jax.jit(epoch)
+  return step
 
 
-def make_cluster_epoch(net: MLPAutoencoder, tx, cfg: Config, image_shape=None):
-  """One clustering epoch over the selected samples: minimizes Eq. 13 with s, M fixed.
-  image_shape: feed rotated/shifted images (targets s, M stay those of the clean images)."""
-  aug = _augmenter(image_shape)
+def make_cluster_step(net: MLPAutoencoder, cfg: Config, image_shape=None):
+  """Engine step minimizing Eq. 13 on the encoder with s, M (`state.extra` "labels",
+  "centers") fixed. image_shape: feed rotated/shifted images (targets stay the clean ones')."""
+  aug = augmenter(image_shape)
 
-  def loss_fn(enc, xb, centers, sb):
+  def loss_fn(enc, xb, centers, sb, w):
     z = encode(net, enc, xb)
     return hs.ulhe_objective(z, centers, sb, lambda0=cfg.lambda0, lambda1=cfg.lambda1,
                              lambda2=cfg.lambda2, use_unif=cfg.use_unif,
                              use_cmpt=cfg.use_cmpt, unif_eps=cfg.unif_eps,
-                             cmpt_normalize=cfg.cmpt_normalize, reduction=cfg.reduction)
+                             cmpt_normalize=cfg.cmpt_normalize, reduction=cfg.reduction,
+                             weights=w)
 
-  def epoch(state, x, idx, centers, labels, key):
+  def step(state, x, idx, w, key):
     # Centers and labels are fixed during the w-step (Algorithm 1: s, M then w).
-    centers, labels = jax.lax.stop_gradient(centers), jax.lax.stop_gradient(labels)
+    centers = jax.lax.stop_gradient(state.extra["centers"])
+    labels = jax.lax.stop_gradient(state.extra["labels"])
+    (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, aug(key, x[idx]),
+                                                             centers, labels[idx], w)
+    return state.apply_gradients(grads=g), {**aux, "grad_norm": optax.global_norm(g)}
 
-    def step(st, ib_key):
-      ib, k = ib_key
-      enc, opt = st
-      (_, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(enc, aug(k, x[ib]), centers,
-                                                               labels[ib])
-      upd, opt = tx.update(g, opt, enc)
-      return (optax.apply_updates(enc, upd), opt), {**aux, "grad_norm": optax.global_norm(g)}
-
-    state, aux = jax.lax.scan(step, state, (idx, jax.random.split(key, idx.shape[0])))
-    return state, jax.tree.map(jnp.mean, aux)
-
-  return jax.jit(epoch)
-
-
-class _Compiled:
-  """AOT-compiles a jitted epoch once per index shape and records the compile time."""
-
-  def __init__(self, fn):
-    self.fn, self.cache, self.compile_s = fn, {}, 0.0
-
-  def __call__(self, *args):
-    shape = args[2].shape
-    if shape not in self.cache:
-      t = time.perf_counter()
-      self.cache[shape] = self.fn.lower(*args).compile()
-      self.compile_s += time.perf_counter() - t
-    return self.cache[shape](*args)
-
-
-def _median(ts):
-  return float(np.median(ts)) if ts else None
+  return step
 
 
 # -- fit -----------------------------------------------------------------------
 def pretrain(net, cfg: Config, x: jax.Array, key: jax.Array, run: Run, params, *,
              n_clusters: int, kmeans_key: jax.Array, image_shape=None):
-  """Stage 1: Eq. 3 on the full autoencoder. Returns (params, info).
+  """Stage "pretrain": Eq. 3 on the full autoencoder. Returns (params, stage info).
 
   n_clusters, kmeans_key: only for the display-only clustering of pretrain_eval_every.
   image_shape: (H, W, C) of the flattened rows; used when cfg.augment_pretrain.
   """
   n = x.shape[0]
-  tx = _optimizer(cfg.pretrain_optimizer, cfg.pretrain_lr, cfg.momentum)
-  state = (params, tx.init(params))
-  restored = run.restore("pretrain", state)
-  state, start = restored if restored else (state, 0)
-  epoch_fn = _Compiled(make_pretrain_epoch(
-      net, tx, cfg.rec_reduction, image_shape if cfg.augment_pretrain else None))
+  tx = optimizer(cfg.pretrain_optimizer, cfg.pretrain_lr, cfg.momentum)
+  scan = engine.ScannedEpoch(make_pretrain_step(
+      net, cfg.rec_reduction, image_shape if cfg.augment_pretrain else None))
+  embed = make_embed(net, cfg)
   aug_key = jax.random.fold_in(key, 1)
-  times = []
-  for epoch in run.epochs("pretrain", start, cfg.pretrain_epochs):
-    t0 = time.perf_counter()
-    idx = batch_matrix(epoch_permutation(key, epoch, n), cfg.pretrain_batch_size)
-    c0 = epoch_fn.compile_s
-    state, m = epoch_fn(state, x, jnp.asarray(idx), epoch_key(aug_key, epoch))
-    m = jax.device_get(m)                            # one host sync per epoch
-    times.append(time.perf_counter() - t0 - (epoch_fn.compile_s - c0))
-    labels = None
-    every = cfg.pretrain_eval_every
+
+  def epoch_fn(epoch, state):
+    idx, w = engine.epoch_batches(epoch_permutation(key, epoch, n), n, cfg.pretrain_batch_size)
+    state, m = scan(state, x, idx, w, epoch_key(aug_key, epoch))
+    labels, every = None, cfg.pretrain_eval_every
     if every and run.score_fn is not None and ((epoch + 1) % every == 0
                                                or epoch + 1 == cfg.pretrain_epochs):
       # Display only: the init clustering of this epoch's embedding, scored by the API.
-      z = embed(net, state[0]["params"]["encoder"], x)
+      z = embed(state.params["params"]["encoder"], x)
       labels = kmeans(kmeans_key, z, n_clusters, n_init=cfg.kmeans_n_init,
                       metric="cosine").labels
-    run.log("pretrain", epoch, m, labels=labels)
-    run.save("pretrain", epoch, state, force=epoch + 1 == cfg.pretrain_epochs)
-  info = {"pretrain_epochs": int(cfg.pretrain_epochs), "pretrain_epochs_run": len(times),
-          "pretrain_epoch_s": _median(times), "pretrain_compile_s": epoch_fn.compile_s,
-          "pretrain_steps_per_s": (int(batch_matrix(np.arange(n), cfg.pretrain_batch_size)
-                                       .shape[0]) / _median(times)) if times else None}
-  return state[0], info
+    return engine.Epoch(state, m, labels=labels)
+
+  state, info = engine.run_stage(run, "pretrain", engine.new_state(params, tx),
+                                 cfg.pretrain_epochs, epoch_fn, scans=(scan,))
+  return state.params, info
 
 
-def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult:
+def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array,
+        run: Run) -> FitResult:
   """Runs ULHE-DC on data (images are flattened, views concatenated)."""
   cfg = config
-  if cfg.spl_steps < 1:
-    raise ValueError(f"spl_steps must be >= 1, got {cfg.spl_steps}")
-  if cfg.spl_advance not in ("stop_rule", "fixed"):
-    raise ValueError(f"spl_advance must be 'stop_rule' or 'fixed', got {cfg.spl_advance!r}")
-  if (cfg.augment_pretrain or cfg.augment_cluster) and data.kind != "image":
-    raise ValueError(f"augment_pretrain/augment_cluster need image data; dataset "
-                     f"{data.name!r} is {data.kind!r}")
-  image_shape = tuple(data.image_shape or data.views[0].shape[1:]) if data.kind == "image" \
-      else None
-  k = int(data.n_clusters)
+  cfg.validate()
+  if (cfg.augment_pretrain or cfg.augment_cluster) and not data.is_image:
+    raise ValueError("augment_pretrain/augment_cluster need image data (n, H, W, C)")
+  image_shape = data.image_shape
+  k = int(n_clusters)
   x = jnp.asarray(data.concat(), jnp.float32)
   n, d = x.shape
   k_init, k_pre, k_km, k_clu = jax.random.split(key, 4)
   net = make_net(cfg, d)
-  t_start = time.perf_counter()
+  embed = make_embed(net, cfg)
 
   # Stage 1: pre-training (Eq. 3).
   params = init_params(cfg, k_init, d)
-  params, info = pretrain(net, cfg, x, k_pre, run, params, n_clusters=k, kmeans_key=k_km,
-                          image_shape=image_shape)
+  params, pre_info = pretrain(net, cfg, x, k_pre, run, params, n_clusters=k, kmeans_key=k_km,
+                              image_shape=image_shape)
   enc = params["params"]["encoder"]
 
   # Initialization: cosine k-means on F_w(x) -> M^(0), s^(0) (Algorithm 1, line 3).
-  t0 = time.perf_counter()
-  z = embed(net, enc, x)
+  z = embed(enc, x)
   km = kmeans(k_km, z, k, n_init=cfg.kmeans_n_init, metric="cosine")
   init_labels = np.asarray(km.labels)
   init_embedding = np.asarray(hs.unit(z))
-  info["kmeans_s"] = time.perf_counter() - t0
   run.log("init", 0, {"inertia": km.inertia, "n_iter": km.n_iter}, labels=init_labels)
 
-  # Stage 2: clustering (Algorithm 1, lines 6-13).
-  tx = _optimizer("sgd", cfg.lr, cfg.momentum, cfg.clip_norm)   # §4.2: SGD, lr 0.002
-  state = {"enc": enc, "opt": tx.init(enc), "centers": km.centers,
-           "labels": km.labels.astype(jnp.int32), "select": jnp.ones((n,), bool),
-           "spl_step": jnp.asarray(0, jnp.int32), "step_start": jnp.asarray(0, jnp.int32),
-           "done": jnp.asarray(False)}
-  restored = run.restore("cluster", state)
-  state, start = restored if restored else (state, 0)
-  state = jax.tree.map(jnp.asarray, state)
-  epoch_fn = _Compiled(make_cluster_epoch(net, tx, cfg,
-                                          image_shape if cfg.augment_cluster else None))
+  # Stage 2: clustering (Algorithm 1, lines 6-13), one epoch per iteration t.
+  tx = optimizer("sgd", cfg.lr, cfg.momentum, cfg.clip_norm)   # §4.2: SGD, lr 0.002
+  scan = engine.ScannedEpoch(make_cluster_step(net, cfg,
+                                               image_shape if cfg.augment_cluster else None))
   aug_key = jax.random.fold_in(k_clu, 1)
   step_len = max(1, math.ceil(cfg.cluster_epochs / cfg.spl_steps))
-  times, stop_epoch, advances = [], None, []
-  for epoch in run.epochs("cluster", start, cfg.cluster_epochs):
-    if bool(state["done"]):
-      break
-    t0 = time.perf_counter()
-    c0 = epoch_fn.compile_s
-    z = embed(net, state["enc"], x)
-    labels, dist = hs.assign_cosine(z, state["centers"])          # Eq. 6
-    rate = hs.change_rate(state["labels"], labels)                 # Eq. 14
-    step, step_start = int(state["spl_step"]), int(state["step_start"])
-    trained_in_step = epoch > step_start
-    stop = trained_in_step and float(rate) < cfg.eta
+  advances = []
+
+  def epoch_fn(epoch, state):
+    ex = state.extra
+    z = embed(state.params, x)
+    labels, dist = hs.assign_cosine(z, ex["centers"])             # Eq. 6
+    rate = float(hs.change_rate(ex["labels"], labels))             # Eq. 14
+    step, step_start = int(ex["spl_step"]), int(ex["step_start"])
+    stop = epoch > step_start and rate < cfg.eta
     last_step = step == cfg.spl_steps - 1
     if stop and last_step:                                         # Eq. 14: stop
-      stop_epoch = epoch
-      state = {**state, "labels": labels, "done": jnp.asarray(True)}
-      run.log("cluster", epoch, {"change_rate": rate, "stopped": 1}, labels=labels)
-      run.save("cluster", epoch, state, force=True)
-      break
+      ex = {**ex, "labels": labels}
+      return engine.Epoch(state.replace(extra=ex), {"change_rate": rate}, labels=labels,
+                          stop=True)
     # Self-paced schedule (§4.2): a new step every step_len epochs, or (spl_advance
     # "stop_rule") as soon as the current step's assignments are stable (Eq. 14).
     early = stop and cfg.spl_advance == "stop_rule"
@@ -343,53 +285,47 @@ def fit(data: Dataset, config: Config, *, key: jax.Array, run: Run) -> FitResult
       if epoch > 0:
         step, step_start = step + 1, epoch
         advances.append({"epoch": epoch, "step": step, "by_stop_rule": bool(early)})
-      frac = (step + 1) / cfg.spl_steps
-      select = hs.easiest_per_cluster(dist, labels, frac, k)
-      state = {**state, "select": select, "spl_step": jnp.asarray(step, jnp.int32),
-               "step_start": jnp.asarray(step_start, jnp.int32)}
-    sel = np.flatnonzero(np.asarray(state["select"]))
-    centers = hs.update_centroids(state["centers"], z[sel], labels[sel])     # Eq. 8
+      select = hs.easiest_per_cluster(dist, labels, (step + 1) / cfg.spl_steps, k)
+      ex = {**ex, "select": select, "spl_step": jnp.asarray(step, jnp.int32),
+            "step_start": jnp.asarray(step_start, jnp.int32)}
+    sel = np.flatnonzero(np.asarray(ex["select"]))
+    centers = hs.update_centroids(ex["centers"], z[sel], labels[sel])     # Eq. 8
     order = sel[epoch_permutation(k_clu, epoch, len(sel))]
-    idx = jnp.asarray(batch_matrix(order, cfg.batch_size))
-    (enc_p, opt), m = epoch_fn((state["enc"], state["opt"]), x, idx, centers, labels,
-                               epoch_key(aug_key, epoch))
-    m = jax.device_get(m)
-    state = {**state, "enc": enc_p, "opt": opt, "centers": centers, "labels": labels}
-    times.append(time.perf_counter() - t0 - (epoch_fn.compile_s - c0))
-    run.log("cluster", epoch, {**m, "change_rate": rate, "spl_step": step,
-                               "n_train": len(sel)}, labels=labels)
-    run.save("cluster", epoch, state)
+    idx, w = engine.epoch_batches(order, n, cfg.batch_size)
+    state = state.replace(extra={**ex, "centers": centers, "labels": labels})
+    state, m = scan(state, x, idx, w, epoch_key(aug_key, epoch))
+    return engine.Epoch(state, {**m, "change_rate": rate, "spl_step": step,
+                                "n_train": len(sel)}, labels=labels)
+
+  extra = {"centers": km.centers, "labels": km.labels.astype(jnp.int32),
+           "select": jnp.ones((n,), bool), "spl_step": jnp.asarray(0, jnp.int32),
+           "step_start": jnp.asarray(0, jnp.int32)}
+  state, info = engine.run_stage(run, "cluster", engine.new_state(enc, tx, extra=extra),
+                                 cfg.cluster_epochs, epoch_fn, scans=(scan,))
 
   # Final model: embedding and Eq. 6 assignments with the final w and M.
-  z = embed(net, state["enc"], x)
-  labels, _ = hs.assign_cosine(z, state["centers"])
-  if stop_epoch is None and bool(state["done"]):
-    stop_epoch = -1                                    # stopped in a resumed run
-  info.update({
-      "cluster_epochs": int(cfg.cluster_epochs), "cluster_epochs_run": len(times),
-      "stopped_by_rule": stop_epoch is not None, "stop_epoch": stop_epoch,
-      "spl_advances": advances, "cluster_epoch_s": _median(times),
-      "cluster_compile_s": epoch_fn.compile_s,
-      "compile_s": epoch_fn.compile_s + info["pretrain_compile_s"],
-      "total_s": time.perf_counter() - t_start,
-      "epochs": {"pretrain": info["pretrain_epochs_run"], "cluster": len(times)}})
-  params = {"params": {"encoder": state["enc"], "decoder": params["params"]["decoder"]}}
+  z = embed(state.params, x)
+  labels, _ = hs.assign_cosine(z, state.extra["centers"])
+  out = {**engine.timing_info({"pretrain": pre_info, "cluster": info}),
+         "stopped_by_rule": info["stopped_at"] is not None, "stop_epoch": info["stopped_at"],
+         "spl_advances": advances}
+  params = {"params": {"encoder": state.params, "decoder": params["params"]["decoder"]}}
   return FitResult(labels=np.asarray(labels), embedding=np.asarray(hs.unit(z)),
                    init_labels=init_labels, init_embedding=init_embedding,
                    state={"params": jax.device_get(params),
-                          "centers": np.asarray(state["centers"])},
-                   info=info)
+                          "centers": np.asarray(state.extra["centers"])},
+                   info=out)
 
 
 def predict(cfg: Config, state, x: np.ndarray) -> np.ndarray:
   """Eq. 6 assignments of new samples (n, d) with the fitted encoder and centroids."""
   net = make_net(cfg, x.shape[1])
-  z = embed(net, state["params"]["params"]["encoder"], jnp.asarray(x, jnp.float32))
+  z = make_embed(net, cfg)(state["params"]["params"]["encoder"], jnp.asarray(x, jnp.float32))
   return np.asarray(hs.assign_cosine(z, jnp.asarray(state["centers"]))[0])
 
 
 def transform(cfg: Config, state, x: np.ndarray) -> np.ndarray:
   """Unit-norm embeddings F_w(x) / ||F_w(x)|| of new samples (n, d)."""
   net = make_net(cfg, x.shape[1])
-  z = embed(net, state["params"]["params"]["encoder"], jnp.asarray(x, jnp.float32))
+  z = make_embed(net, cfg)(state["params"]["params"]["encoder"], jnp.asarray(x, jnp.float32))
   return np.asarray(hs.unit(z))

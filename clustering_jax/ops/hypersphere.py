@@ -46,11 +46,11 @@ def rec_loss(x: jax.Array, x_hat: jax.Array, *, reduction: str = "mean") -> jax.
   raise ValueError(f"rec_loss: reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-def norm_loss(z: jax.Array) -> jax.Array:
+def norm_loss(z: jax.Array, weights=None) -> jax.Array:
   """L_norm, Eq. 2: E_i (||z_i||_2 - 1)^2 for z (B, d). Returns ()."""
   if z.ndim != 2:
     raise ValueError(f"norm_loss needs (B, d) embeddings, got {z.shape}")
-  return jnp.mean((safe_norm(z) - 1.0) ** 2)
+  return _mean((safe_norm(z) - 1.0) ** 2, weights)
 
 
 def assign_cosine(z: jax.Array, centers: jax.Array):
@@ -59,16 +59,24 @@ def assign_cosine(z: jax.Array, centers: jax.Array):
   return assign(z, centers, metric="cosine")
 
 
-def cosine_cluster_loss(z: jax.Array, centers: jax.Array, labels: jax.Array) -> jax.Array:
+def _mean(v: jax.Array, weights) -> jax.Array:
+  """Mean over samples, or the weighted mean (zero-weight rows are padding)."""
+  if weights is None:
+    return jnp.mean(v)
+  return jnp.sum(weights * v) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def cosine_cluster_loss(z: jax.Array, centers: jax.Array, labels: jax.Array,
+                        weights=None) -> jax.Array:
   """Clustering objective, Eq. 4: E_i 1 - cos(z_i, M s_i).
 
-  z (B, d), centers (K, d), labels (B,) int. Centers are taken as given (they are
-  updated by Eq. 8, not by gradients). Returns ().
+  z (B, d), centers (K, d), labels (B,) int, weights (B,) or None. Centers are taken as
+  given (they are updated by Eq. 8, not by gradients). Returns ().
   """
   if z.ndim != 2 or centers.ndim != 2 or z.shape[1] != centers.shape[1]:
     raise ValueError(f"cosine_cluster_loss: z {z.shape} and centers {centers.shape} mismatch")
   m = unit(centers)[labels]                          # M s_i
-  return jnp.mean(1.0 - jnp.sum(unit(z) * m, axis=1))
+  return _mean(1.0 - jnp.sum(unit(z) * m, axis=1), weights)
 
 
 def batch_centroids(z: jax.Array, labels: jax.Array, n_clusters: int):
@@ -148,18 +156,21 @@ def compactness_loss(z: jax.Array, labels: jax.Array, n_clusters: int, *,
 def ulhe_objective(z: jax.Array, centers: jax.Array, labels: jax.Array, *, lambda0: float,
                    lambda1: float, lambda2: float, use_unif: bool = True,
                    use_cmpt: bool = True, unif_eps: float = 1e-6, cmpt_normalize: bool = True,
-                   reduction: str = "sum"):
+                   reduction: str = "sum", weights=None):
   """Clustering-stage objective, Eq. 13, on one mini-batch.
 
   L = Eq. 4 + lambda0 L_norm + lambda1 L_unif + lambda2 L_cmpt, with L_unif on the
   batch centroids (Eq. 7) of the clusters present in the batch. use_unif / use_cmpt
   switch the regularizers off (the ablations of Table 2); reduction applies to
   L_unif and L_cmpt ("sum" as Eq. 11-12 are written, or "mean" over pairs).
-  z (B, d), centers (K, d), labels (B,). Returns (loss (), dict of every term).
+  z (B, d), centers (K, d), labels (B,). weights (B,) or None: rows of weight 0 are
+  padding and add nothing to any term. Returns (loss (), dict of every term).
   """
   k = centers.shape[0]
-  clus = cosine_cluster_loss(z, centers, labels)
-  nrm = norm_loss(z)
+  if weights is not None:
+    labels = jnp.where(weights > 0, labels, k)       # a label outside [0, K) adds nowhere
+  clus = cosine_cluster_loss(z, centers, labels, weights)
+  nrm = norm_loss(z, weights)
   m_b, counts = batch_centroids(z, labels, k)
   unif = uniformity_loss(m_b, counts > 0, eps=unif_eps, reduction=reduction)
   cmpt = compactness_loss(z, labels, k, normalize=cmpt_normalize, reduction=reduction)

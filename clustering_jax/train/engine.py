@@ -84,6 +84,11 @@ def replicate(tree, mesh):
   return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
+def _on_mesh(a, mesh) -> bool:
+  return (isinstance(a, jax.Array) and isinstance(a.sharding, jax.sharding.NamedSharding)
+          and a.sharding.mesh == mesh)
+
+
 def shard_rows(tree, mesh, axis: int = 0):
   """Splits every leaf's `axis` over the mesh's data axis (its size must divide it)."""
   if mesh is None:
@@ -98,7 +103,7 @@ class ScannedEpoch:
 
   Calling it with (state, consts, idx (nb, B), w (nb, B), key) returns the new state and
   the metrics averaged over the batches that ran (summed in batch order on the device), as
-  Python floats: one host sync per epoch. The state is donated. `n_compiles` counts the
+  Python floats: one host sync per epoch. params and opt_state are donated, `extra` is not. `n_compiles` counts the
   shapes compiled (1 in a fit whose shapes are fixed).
   """
 
@@ -108,7 +113,8 @@ class ScannedEpoch:
     self._exe: dict = {}
     self.compile_s, self.n_compiles, self.steps, self.step_s = 0.0, 0, 0, 0.0
 
-  def _epoch(self, state, consts, idx, w, key):
+  def _epoch(self, core, extra, consts, idx, w, key):
+    state = core.replace(extra=extra)
     m_shape = jax.eval_shape(self._step, state, consts, idx[0], w[0], key)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
 
@@ -128,11 +134,14 @@ class ScannedEpoch:
   def __call__(self, state, consts, idx, w, key):
     mesh = data_mesh()
     idx, w = jnp.asarray(idx, jnp.int32), jnp.asarray(w, jnp.float32)
-    if mesh is not None:
-      state, consts, key = replicate((state, consts, key), mesh)
+    if mesh is not None:  # constants a method placed itself (shard_rows) keep their sharding
+      state, key = replicate((state, key), mesh)
+      consts = jax.tree.map(lambda a: a if _on_mesh(a, mesh) else replicate(a, mesh), consts)
       split = idx.shape[1] % mesh.size == 0
       idx, w = (shard_rows if split else replicate)((idx, w), mesh, *((1,) if split else ()))
-    args = (state, consts, idx, w, key)
+    # params/opt_state are donated; `extra` is not, so arrays a method still holds from it
+    # (labels, centers) stay valid after the call.
+    args = (state.replace(extra=None), state.extra, consts, idx, w, key)
     sig = jax.tree.map(lambda a: (np.shape(a), str(jnp.result_type(a))), args)
     sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)))
     if sig not in self._exe:
@@ -169,7 +178,8 @@ def run_stage(run: Run, name: str, state, n_epochs: int, epoch_fn: Callable, *,
   epoch_fn(epoch, state) -> Epoch. A checkpoint is written when due, at the stage's last
   epoch and at a stop; a stage that stopped (a logged row with "stopped") is not resumed.
   info: epochs (run in this call), epoch_s (median wall time of an epoch without
-  compilation), compile_s and steps_per_s of the stage's ScannedEpochs (`scans`), stopped_at.
+  compilation), compile_s, steps_per_s and n_compiles of the stage's ScannedEpochs
+  (`scans`), stopped_at.
   """
   restored = run.restore(name, state)
   state, start = restored if restored else (state, 0)
@@ -193,14 +203,14 @@ def run_stage(run: Run, name: str, state, n_epochs: int, epoch_fn: Callable, *,
   info = {"epochs": len(times), "epoch_s": round(float(np.median(times)), 5) if times else None,
           "compile_s": round(sum(s.compile_s for s in scans), 4) if scans else None,
           "steps_per_s": round(steps / step_s, 2) if step_s > 0 else None,
-          "stopped_at": stop_epoch}
+          "n_compiles": sum(s.n_compiles for s in scans), "stopped_at": stop_epoch}
   return state, info
 
 
 def timing_info(stages: dict) -> dict:
   """fit_info_ entries from {stage: run_stage info}: the same keys for every method."""
   return {"epochs": {k: v["epochs"] for k, v in stages.items()},
-          "timing": {k: {t: v[t] for t in ("epoch_s", "compile_s", "steps_per_s")}
+          "timing": {k: {t: v[t] for t in ("epoch_s", "compile_s", "steps_per_s", "n_compiles")}
                      for k, v in stages.items()}}
 
 
