@@ -8,6 +8,7 @@ from clustering_jax.api.base import ClusteringEstimator
 from clustering_jax.data.container import Dataset, from_arrays
 from clustering_jax.data.scaling import scale_views
 from clustering_jax.methods import idcl as method
+from clustering_jax.methods.base import Views
 
 
 class IDCL(ClusteringEstimator):
@@ -23,10 +24,11 @@ class IDCL(ClusteringEstimator):
 
   config_cls = method.Config
   epochs_field = "epochs"
+  pretrain_epochs_field = "pretrain_epochs"
   accepts = "any"
 
   def _fit(self, data, key, run):
-    return method.fit(data, self.config, key=key, run=run)
+    return method.fit(data, int(self.n_clusters), self.config, key=key, run=run)
 
   def _inputs(self, X):
     self._check_fitted()
@@ -34,7 +36,7 @@ class IDCL(ClusteringEstimator):
     data = from_arrays(X, n_clusters=2) if not isinstance(X, Dataset) else X
     data = scale_views(data, self.scaling)
     cfg = self.config
-    x = method.prepare_inputs(data, cfg)
+    x = method.prepare_inputs(Views.of(data), cfg)
     net = method.make_net(cfg, x.shape)
     return net, cfg, x
 

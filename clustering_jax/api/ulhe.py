@@ -22,10 +22,11 @@ class ULHE(ClusteringEstimator):
 
   config_cls = ulhe.Config
   epochs_field = "cluster_epochs"
+  pretrain_epochs_field = "pretrain_epochs"
   accepts = "any"
 
   def _fit(self, data, key, run):
-    return ulhe.fit(data, self.config, key=key, run=run)
+    return ulhe.fit(data, int(self.n_clusters), self.config, key=key, run=run)
 
   def predict(self, X) -> np.ndarray:
     """Eq. 6 assignments of new samples to the fitted centroids."""
