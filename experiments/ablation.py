@@ -25,12 +25,10 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _idcl_extra(res, rows):

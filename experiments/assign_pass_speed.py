@@ -3,9 +3,11 @@
 density cores, Eq. 10-11) on random 10-d embeddings, and writes one JSON record per code tree.
 
   python experiments/assign_pass_speed.py --out docs/results/assign_pass_speed.json
-  # the same script against an older commit's package (e.g. the session-5 start, 56fc41b):
+  # the same timings for another checkout's package, e.g. commit 56fc41b:
   git worktree add /tmp/old 56fc41b
   python experiments/assign_pass_speed.py --code /tmp/old --out docs/results/assign_pass_speed.json
+
+Without --code the installed package is timed.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--code", default=str(ROOT), help="repository whose clustering_jax is timed")
+  p.add_argument("--code", default=None,
+                 help="another checkout whose clustering_jax is timed (default: the installed one)")
   p.add_argument("--sizes", type=int, nargs="+", default=[1797, 10000])
   p.add_argument("--reps", type=int, default=3)
   p.add_argument("--out", default=None, help="JSON list to append the record to")
   args = p.parse_args(argv)
-  sys.path.insert(0, args.code)
+  if args.code:  # time that checkout's package instead of the installed one
+    sys.path.insert(0, args.code)
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -42,8 +46,9 @@ def main(argv=None):
       out = jax.block_until_ready(fn(*a))
     return out, round((time.perf_counter() - t0) / args.reps * 1000, 1)
 
-  rec = {"code": args.code, "commit": subprocess.run(
-      ["git", "-C", args.code, "rev-parse", "--short", "HEAD"], capture_output=True,
+  code = args.code or str(ROOT)
+  rec = {"code": code, "commit": subprocess.run(
+      ["git", "-C", code, "rev-parse", "--short", "HEAD"], capture_output=True,
       text=True).stdout.strip(), "jax": jax.__version__, "backend": jax.default_backend(),
       "ms": {}}
   for n in args.sizes:

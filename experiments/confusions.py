@@ -16,13 +16,9 @@ itself prefers the wrong partition. Labels are used for scoring and diagnosis on
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def kmeans_cost(z: np.ndarray, labels: np.ndarray, metric: str) -> float:

@@ -5,7 +5,8 @@
 
 Both use k-means++ seeding, n_init=10, max_iter=300, tol=1e-4 on the same scaled data.
 JAX time is reported as first call (compile + run) and steady state (mean of 3 later calls
-with other keys). Writes docs/results/kmeans_speed.json and prints a markdown table.
+with other keys). Writes --out (default docs/results/kmeans_speed.json) and prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
+from sklearn.cluster import KMeans
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.cluster import KMeans  # noqa: E402
-
-from clustering_jax.data import load_dataset  # noqa: E402
-from clustering_jax.ops import kmeans  # noqa: E402
+from clustering_jax.data import load_dataset
+from clustering_jax.ops import kmeans
 
 
-def main():
-  p = argparse.ArgumentParser()
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--data-dir", default=None)
   p.add_argument("--datasets", nargs="+", default=["digits", "hdigit"])
-  args = p.parse_args()
+  p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "results"
+                                      / "kmeans_speed.json"))
+  args = p.parse_args(argv)
   rows = []
   for name in args.datasets:
     ds = load_dataset(name, args.data_dir, scaling="minmax")
@@ -58,8 +59,9 @@ def main():
                  "sklearn_s": float(np.mean(sk_t)), "jax_inertia_mean": float(np.mean(inertias)),
                  "sklearn_inertia_mean": float(np.mean(sk_in)),
                  "inertia_rel_diff": float(np.mean(inertias) / np.mean(sk_in) - 1)})
-  out = Path(__file__).resolve().parent.parent / "docs" / "results" / "kmeans_speed.json"
-  meta = {"command": "python experiments/kmeans_speed.py " + " ".join(sys.argv[1:]),
+  out = Path(args.out)
+  meta = {"command": "python experiments/kmeans_speed.py " + " ".join(
+              argv if argv is not None else sys.argv[1:]),
           "backend": jax.default_backend(), "cpu_count": os.cpu_count(), "rows": rows}
   out.write_text(json.dumps(meta, indent=2) + "\n")
   print("| dataset | n x d | JAX first call s | JAX steady s | sklearn s | inertia JAX / sklearn - 1 |")

@@ -1,11 +1,14 @@
-"""experiments/ablation.py and experiments/confusions.py on digits with tiny configs."""
+"""The scripts under experiments/ run against the current code (tiny configs and sizes)."""
 
 import importlib.util
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from clustering_jax import metrics
 from clustering_jax.data import load_dataset
@@ -89,32 +92,9 @@ def test_run_directory_holds_the_starting_point(tmp_path):
   assert res["init"]["acc"] == metrics.accuracy(y, lab0)
 
 
-def test_gpu_collect_condenses_finished_and_cut_runs(tmp_path):
-  spec = importlib.util.spec_from_file_location("collect", ROOT / "experiments" / "gpu" / "collect.py")
-  collect = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(collect)
-  done, cut = tmp_path / "runs" / "done", tmp_path / "runs" / "cut"
-  for d in (done, cut):
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"method": "ulhe", "seed": 0}))
-    rows = [{"stage": "pretrain", "epoch": 0, "time_s": 1.0, "rec": 0.5},
-            {"stage": "pretrain", "epoch": 1, "time_s": 2.0, "rec": 0.4, "acc": 0.6, "nmi": 0.5},
-            {"stage": "cluster", "epoch": 0, "time_s": 3.0, "acc": 0.7, "loss": 1.0}]
-    (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-  (done / "results.json").write_text(json.dumps({"acc": 0.7}))
-  out = tmp_path / "out"
-  collect.main(["--out", str(out), str(done), str(cut)])
-  a, b = (json.loads((out / f"{n}.json").read_text()) for n in ("done", "cut"))
-  assert a["results"] == {"acc": 0.7} and b["results"] is None   # a cut run keeps its log only
-  assert a["n_log_rows"] == 3
-  assert [(r["stage"], r["epoch"], r["acc"]) for r in a["curve"]] == [("pretrain", 1, 0.6),
-                                                                     ("cluster", 0, 0.7)]
-  assert "loss" not in a["curve"][1] and a["curve"][0]["rec"] == 0.4
-
-
 def test_ablation_pretrain_tag_keeps_earlier_work_directories():
-  """The records of 2026-11-30 name pretrain_digits_s*_a0c2f900ec (constant lr 0.001, 1000
-  epochs); a field added since must not rename it, and a changed field must."""
+  """Records in docs/results/idcl_ablation.json name pretrain_digits_s*_a0c2f900ec (constant
+  lr 0.001, 1000 epochs); a Config field added later must not rename it, a changed one must."""
   import dataclasses
 
   from clustering_jax.methods import idcl
@@ -146,7 +126,7 @@ def test_pretrain_schedule_scores_clean_reconstruction(tmp_path):
   # the score against Eq. 13 computed directly, for an untrained tiny TAE
   data = load_dataset("digits")
   cfg = idcl.Config(hidden=(16, 16, 32), latent=4)
-  x = idcl.prepare_inputs(data, cfg)[:600]
+  x = idcl.prepare_inputs(Views.of(data), cfg)[:600]
   net = idcl.make_net(cfg, x.shape)
   params = net.init(jax.random.key(0), x[:2])
   _, x_hat = net.apply(params, x)
@@ -172,22 +152,48 @@ def test_run_checks_reads_the_stage_boundary_from_a_log(tmp_path, capsys):
   assert "– (1)" in capsys.readouterr().out        # no pre-training rows: no ratio
 
 
-def test_idcl_epoch_profile_times_every_part(tmp_path):
-  cfg_file = tmp_path / "tiny.json"
-  cfg_file.write_text(json.dumps({"hidden": [16, 16, 32], "latent": 4, "batch_size": 64,
-                                  "kmeans_n_init": 2}))
-  out = tmp_path / "prof.json"
-  args = ["--dataset", "digits", "--max-samples", "200", "--config", str(cfg_file),
-          "--pretrain-epochs", "1", "--epochs", "3", "--reps", "1", "--out", str(out)]
-  _script("idcl_epoch_profile").main(args)
-  _script("idcl_epoch_profile").main(args)                   # appends a second record
-  recs = json.loads(out.read_text())
-  assert len(recs) == 2 and recs[0]["n"] == 200 and recs[0]["backend"] == jax.default_backend()
-  rec = recs[0]
-  parts = rec["median_epoch_ms"]
-  assert set(parts) == {"embed", "assign", "host_reads", "shuffle", "steps", "epoch"}
-  assert all(v >= 0 for v in parts.values())
-  assert parts["epoch"] >= parts["steps"] and parts["epoch"] >= parts["assign"]
-  assert rec["steps_per_epoch"] >= 1 and rec["shuffle_by_set_size_ms"] > 0
-  assert set(rec["assign_parts_ms"]) >= {"cutoff_distance", "local_density", "lloyd_warm",
-                                         "core_similarity_Q"}
+def test_assign_pass_speed_times_each_piece(tmp_path):
+  out = tmp_path / "aps.json"
+  _script("assign_pass_speed").main(["--sizes", "300", "--reps", "1", "--out", str(out)])
+  rec, = json.loads(out.read_text())
+  assert rec["backend"] == jax.default_backend() and rec["commit"]
+  assert set(rec["ms"]["300"]) == {"cutoff_distance", "local_density", "kmeans_10_restarts",
+                                   "density_cores", "core_similarity_Q"}
+  assert all(v >= 0 for v in rec["ms"]["300"].values())
+
+
+def test_largemvc_scaling_reads_the_engine_timing():
+  sc = _script("largemvc_scaling")
+  row = sc.worker(400, 2, 0)
+  assert row["n"] == 400 and row["epochs"] == 2 and 0 <= row["acc"] <= 1
+  assert row["time_per_epoch_s"] > 0 and row["compile_s"] > 0 and row["peak_rss_mib"] > 0
+  rows = [{"n": 1000, "t": 1.0}, {"n": 4000, "t": 4.0}]
+  assert abs(sc.fit_exponent(rows, "t") - 1.0) < 1e-9
+
+
+@pytest.mark.slow
+def test_kmeans_speed_writes_its_table(tmp_path):
+  out = tmp_path / "kms.json"
+  _script("kmeans_speed").main(["--datasets", "digits", "--out", str(out)])
+  rec = json.loads(out.read_text())
+  row, = rec["rows"]
+  assert row["dataset"] == "digits" and row["n"] == 1797 and abs(row["inertia_rel_diff"]) < 0.05
+
+
+@pytest.mark.slow
+def test_device_check_writes_a_record(tmp_path):
+  """SCALE=0 on the CPU: a small test file, a 2 + 2 epoch flagship run, one JSON record."""
+  env = {**os.environ, "SCALE": "0", "TESTS": "tests/test_metrics.py",
+         "RECORD_DIR": str(tmp_path / "rec"), "WORK": str(tmp_path / "work")}
+  p = subprocess.run(["bash", str(ROOT / "experiments" / "device_check.sh")], cwd=ROOT, env=env,
+                     text=True, capture_output=True, timeout=900)
+  assert p.returncode == 0, p.stdout + p.stderr
+  rec, = [json.loads(f.read_text()) for f in (tmp_path / "rec").glob("*.json")]
+  assert rec["scale"] == 0 and rec["backend"] == "cpu"
+  assert rec["tests"]["exit_status"] == 0 and rec["tests"]["tests"] > 0
+  assert rec["tests"]["failures"] == 0 and rec["tests"]["failed"] == []
+  fl = rec["flagship"]
+  assert fl["exit_status"] == 0 and fl["epochs"] == {"pretrain": 2, "train": 2}
+  assert 0 <= fl["acc"] <= 1 and 0 <= fl["init_acc"] <= 1
+  assert set(fl["timing"]) == {"pretrain", "train"} and fl["timing"]["train"]["epoch_s"] > 0
+  assert fl["command"].startswith("python experiments/run.py --method idcl --dataset digits")
