@@ -5,10 +5,12 @@
       --data-dir ../shared/data
 
 For each (method, dataset) it reports final-model metrics as mean ± std over seeds (and the
-method's starting point under init_*), mean wall time and the per-epoch timings the method
-records, writes one row file docs/results/rows/<method>__<dataset>[__<tag>].json, then
-regenerates docs/results/benchmark.json and docs/results/BENCHMARKS.md from all row files,
-beside the papers' numbers from experiments/paper_numbers.json.
+method's starting point under init_*), mean wall time, the epochs run per stage and the
+timings the method records (fit_info_["timing"] flattened to `{stage}_epoch_s`, ...), writes
+one row file docs/results/rows/<method>__<dataset>[__<tag>].json, then regenerates
+docs/results/benchmark.json and docs/results/BENCHMARKS.md from all row files: one table of
+the untagged (default) rows beside the baselines and the papers' numbers
+(experiments/paper_numbers.json), and one table per method of its tagged rows.
 """
 
 from __future__ import annotations
@@ -54,6 +56,26 @@ def run_one(method, dataset, seed, out, args) -> dict:
 
 #: Label-free health checks a method's fit_info_ may hold; copied into each seed's record.
 HEALTH_KEYS = ("pretrain_rec_over_variance", "embedding_spread", "cluster_rec_over_pretrain")
+#: The per-stage timings of `train.engine` (fit_info_["timing"][stage]) kept in a row.
+STAGE_TIMINGS = ("epoch_s", "compile_s", "steps_per_s")
+BASELINES = ("kmeans", "spectral")
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def flat_timings(info: dict) -> dict:
+  """One run's timings from fit_info_: info["timing"] ({stage: {epoch_s, compile_s,
+  steps_per_s, ...}}) flattened to `{stage}_{key}` (e.g. train_epoch_s, pretrain_compile_s),
+  plus the method's other top-level seconds (keys ending in `_s`, e.g. init_time_s)."""
+  out = {}
+  for stage, t in (info.get("timing") or {}).items():
+    for k in STAGE_TIMINGS:
+      if _number((t or {}).get(k)):
+        out[f"{stage}_{k}"] = t[k]
+  out.update({k: v for k, v in info.items() if k != "timing" and k.endswith("_s") and _number(v)})
+  return out
 
 
 def _stats(values):
@@ -73,14 +95,15 @@ def summarize(method, dataset, tag, seeds, results, command) -> dict:
       row[f"init_{m}_mean"], row[f"init_{m}_std"] = _stats([r["init"][m] for r in results])
     row["beats_init_every_seed"] = bool(all(r["acc"] > r["init"]["acc"] for r in results))
   row["wall_time_s_mean"], row["wall_time_s_std"] = _stats([r["wall_time_s"] for r in results])
-  timing_keys = sorted({k for r in results for k, v in (r.get("info") or {}).items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and any(t in k for t in ("time", "_s", "per_s", "compile"))})
-  row["timings"] = {k: _stats([(r.get("info") or {}).get(k) for r in results])[0]
-                    for k in timing_keys}
-  row["epochs"] = results[0].get("epochs")
+  timings = [flat_timings(r.get("info") or {}) for r in results]
+  row["timings"] = {k: _stats([t.get(k) for t in timings])[0]
+                    for k in sorted({k for t in timings for k in t})}
+  # results.json's `epochs` is {stage: epochs run}; a stop rule can make it differ per seed.
+  epochs = [r.get("epochs") or {} for r in results]
+  row["epochs"] = {st: max(e.get(st, 0) for e in epochs) for st in dict.fromkeys(
+      st for e in epochs for st in e)}
   row["per_seed"] = [{"seed": r["seed"], **{m: r.get(m) for m in METRICS},
-                      "wall_time_s": r["wall_time_s"],
+                      "wall_time_s": r["wall_time_s"], "epochs": r.get("epochs") or {},
                       **({"init_acc": r["init"]["acc"]} if "init" in r else {}),
                       **{k: v for k, v in (r.get("info") or {}).items() if k in HEALTH_KEYS}}
                      for r in results]
@@ -91,14 +114,26 @@ def summarize(method, dataset, tag, seeds, results, command) -> dict:
   return row
 
 
-def _setting(row) -> str:
-  """The tag, else the --config file's stem, else 'default'."""
-  if row.get("tag"):
-    return row["tag"]
+# -- tables ---------------------------------------------------------------------------------
+def _flag(row, name):
   parts = shlex.split(row.get("command", ""))
-  if "--config" in parts[:-1]:
-    return "config " + Path(parts[parts.index("--config") + 1]).stem
-  return "default"
+  return parts[parts.index(name) + 1] if name in parts[:-1] else None
+
+
+def _changes(row) -> str:
+  """What a row's command sets beyond the defaults: --config (its content), other flags."""
+  out = []
+  cfg = _flag(row, "--config")
+  if cfg:
+    path = ROOT / cfg
+    body = json.dumps(json.loads(path.read_text()), separators=(", ", ": ")) if (
+        path.exists() and path.suffix == ".json") else "(file not in the repository)"
+    out.append(f"`{Path(cfg).name}`: `{body}`")
+  for flag in ("--epochs", "--missing-rate", "--max-samples"):
+    v = _flag(row, flag)
+    if v is not None and v not in ("0", "0.0"):
+      out.append(f"`{flag} {v}`")
+  return "; ".join(out) or "–"
 
 
 def _fmt(mean, std, pct=True):
@@ -109,48 +144,125 @@ def _fmt(mean, std, pct=True):
   return f"{mean:.1f} ± {std:.1f}"
 
 
+def _epochs_text(row) -> str:
+  """`pretrain + train` epochs run, a range where seeds differ; older rows hold an int."""
+  e = row.get("epochs")
+  if not e:
+    return "–"
+  if not isinstance(e, dict):
+    return str(e)
+  per = [p.get("epochs") for p in row.get("per_seed", [])]
+  parts = []
+  for st, n in e.items():
+    vals = [p[st] for p in per if isinstance(p, dict) and st in p]
+    lo = min(vals) if vals else n
+    parts.append(f"{lo}–{n}" if lo != n else str(n))
+  return " + ".join(parts)
+
+
+def _beats_start(row) -> str:
+  seeds = [p for p in row.get("per_seed", []) if p.get("init_acc") is not None]
+  if not seeds:
+    return "–"
+  return f"{sum(p['acc'] > p['init_acc'] for p in seeds)} of {len(seeds)}"
+
+
+def _paper(paper, r) -> str:
+  refs = [p for p in paper if p["method"] == r["method"] and p["dataset"] == r["dataset"]]
+  return "; ".join(f"{100 * p['acc']:.1f} / {100 * p['nmi']:.1f}" if "nmi" in p
+                   else f"{100 * p['acc']:.1f}" for p in refs) or "–"
+
+
+def _link(r) -> str:
+  return f"[{r['_file']}](rows/{r['_file']})"
+
+
 def regenerate(results_dir: Path = RESULTS) -> list:
-  rows = [json.loads(p.read_text()) for p in sorted((results_dir / "rows").glob("*.json"))]
-  rows.sort(key=lambda r: (r["dataset"], r["method"] != "kmeans", r["method"], r.get("tag", "")))
-  (results_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
+  files = sorted((results_dir / "rows").glob("*.json"))
+  rows = [{**json.loads(p.read_text()), "_file": p.name} for p in files]
+  order = lambda r: (r["dataset"], r["method"] not in BASELINES, r["method"] != "kmeans",
+                     r["method"], r.get("tag", ""))
+  rows.sort(key=order)
+  (results_dir / "benchmark.json").write_text(json.dumps(
+      [{k: v for k, v in r.items() if k != "_file"} for r in rows], indent=2) + "\n")
   paper = json.loads(PAPER.read_text())["entries"] if PAPER.exists() else []
+  default = {(r["method"], r["dataset"]): r for r in rows if not r.get("tag")}
   lines = [
       "# Benchmarks",
       "",
-      "Final-model metrics (ACC with Hungarian matching, NMI, ARI; percent, mean ± std over seeds).",
-      "`init` is the method's own starting point (e.g. autoencoder + k-means). Labels are used for",
-      "scoring only. Regenerate with `python experiments/benchmark.py --regenerate`; each row's exact",
-      "command is in `benchmark.json` and listed below the table.",
+      "Final-model metrics: ACC (Hungarian matching), NMI, ARI, in percent, mean ± std over the",
+      "seeds of a row. \"start\" is the method's own starting point (e.g. autoencoder + k-means),",
+      "scored the same way; \"final > start\" counts the seeds where the final model's ACC is",
+      "above it. Labels are used for scoring only. Each row is one file under `rows/`, written by",
+      "`python experiments/benchmark.py --methods M --datasets D --seeds 0 1 2 [--tag T ...]`;",
+      "this page is generated from them (`python experiments/benchmark.py --regenerate`), and each",
+      "row's exact command is listed at the end. Wall time is loading + fitting, seconds per run,",
+      "on the machine of the row's `machine` field.",
       "",
-      "| dataset | method | setting | seeds | ACC | NMI | ARI | init ACC | wall s / run | paper (ACC / NMI) |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      "## Default settings",
+      "",
+      "One row per (dataset, method) with the method's defaults (no `--tag`), the baselines",
+      "`kmeans` and `spectral` first; paper: the paper's ACC / NMI on its closest dataset (see",
+      "\"Papers' numbers\").",
+      "",
+      "| dataset | method | seeds | ACC | NMI | ARI | start ACC | final > start | epochs run "
+      "| wall s / run | paper ACC / NMI | row |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for r in rows:
-    refs = [p for p in paper if p["method"] == r["method"] and p["dataset"] == r["dataset"]]
-    ref = "; ".join(
-        f"{100 * p['acc']:.1f} / {100 * p['nmi']:.1f}" if "nmi" in p else f"{100 * p['acc']:.1f}"
-        for p in refs) or "–"
+    if r.get("tag"):
+      continue
     lines.append(
-        f"| {r['dataset']} | {r['method']} | {_setting(r)} | {len(r['seeds'])} | "
+        f"| {r['dataset']} | {r['method']} | {len(r['seeds'])} | "
         f"{_fmt(r['acc_mean'], r['acc_std'])} | {_fmt(r['nmi_mean'], r['nmi_std'])} | "
         f"{_fmt(r['ari_mean'], r['ari_std'])} | "
-        f"{_fmt(r.get('init_acc_mean'), r.get('init_acc_std'))} | "
-        f"{_fmt(r['wall_time_s_mean'], r['wall_time_s_std'], pct=False)} | {ref} |")
-  lines += ["", "## Papers' numbers", "",
+        f"{_fmt(r.get('init_acc_mean'), r.get('init_acc_std'))} | {_beats_start(r)} | "
+        f"{_epochs_text(r)} | {_fmt(r['wall_time_s_mean'], r['wall_time_s_std'], pct=False)} | "
+        f"{_paper(paper, r)} | {_link(r)} |")
+  flagged = [r for r in rows if not r.get("tag") and _changes(r) != "–"]
+  if flagged:
+    lines += ["", "Default rows run with a flag: " + "; ".join(
+        f"{r['method']} / {r['dataset']}: {_changes(r)}" for r in flagged) + "."]
+  lines += ["", "## Variants and ablations", "",
+            "Rows with a `--tag`: a `--config` file, a missing-view rate or other seeds. \"default",
+            "ACC\" is the default row's ACC on the same dataset.", ""]
+  for method in dict.fromkeys(r["method"] for r in rows if r.get("tag")):
+    lines += [f"### {method}", "",
+              "| dataset | tag | what it sets | seeds | ACC | NMI | ARI | start ACC | "
+              "final > start | default ACC | epochs run | wall s / run | row |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+      if r["method"] != method or not r.get("tag"):
+        continue
+      d = default.get((r["method"], r["dataset"]))
+      seeds = " ".join(map(str, r["seeds"]))
+      lines.append(
+          f"| {r['dataset']} | {r['tag']} | {_changes(r)} | {seeds} | "
+          f"{_fmt(r['acc_mean'], r['acc_std'])} | {_fmt(r['nmi_mean'], r['nmi_std'])} | "
+          f"{_fmt(r['ari_mean'], r['ari_std'])} | "
+          f"{_fmt(r.get('init_acc_mean'), r.get('init_acc_std'))} | {_beats_start(r)} | "
+          f"{_fmt(d['acc_mean'], d['acc_std']) if d else '–'} | {_epochs_text(r)} | "
+          f"{_fmt(r['wall_time_s_mean'], r['wall_time_s_std'], pct=False)} | {_link(r)} |")
+    lines.append("")
+  lines += ["## Papers' numbers", "",
             "| method | dataset | paper | table | setting | ACC | NMI | ARI |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for p in paper:
     lines.append(f"| {p['method']} | {p['dataset']} | {p['paper']} | {p['table']} | {p['setting']} | "
                  + " | ".join(f"{100 * p[m]:.2f}" if m in p else "–" for m in METRICS) + " |")
-  lines += ["", "## Timings", "", "Per-run timings the methods record (mean over seeds).", ""]
+  lines += ["", "## Timings", "",
+            "Per-run timings the methods record, mean over seeds: `{stage}_epoch_s` (median epoch",
+            "without compilation), `{stage}_compile_s`, `{stage}_steps_per_s` from `train.engine`,",
+            "and the method's other seconds. Rows written before `train.engine` keep the keys of",
+            "their time.", ""]
   for r in rows:
     if r.get("timings"):
-      t = ", ".join(f"{k} {v:.3g}" for k, v in r["timings"].items() if v is not None)
-      lines.append(f"- {r['method']} / {r['dataset']} ({_setting(r)}): {t}")
+      t = ", ".join(f"{k} {v:.3g}" for k, v in r["timings"].items()
+                    if v is not None and k.endswith("_s"))
+      lines.append(f"- {r['method']} / {r['dataset']} ({r.get('tag') or 'default'}): {t}")
   lines += ["", "## Commands", ""]
   for r in rows:
-    lines.append(f"- {r['method']} / {r['dataset']} ({_setting(r)}) "
-                 f"({r['machine']}, {r['jax_backend']}, {r['date']}): `{r['command']}`")
+    lines.append(f"- {r['_file']} ({r['machine']}, {r['jax_backend']}): `{r['command']}`")
   (results_dir / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
   return rows
 

@@ -197,3 +197,40 @@ def test_device_check_writes_a_record(tmp_path):
   assert 0 <= fl["acc"] <= 1 and 0 <= fl["init_acc"] <= 1
   assert set(fl["timing"]) == {"pretrain", "train"} and fl["timing"]["train"]["epoch_s"] > 0
   assert fl["command"].startswith("python experiments/run.py --method idcl --dataset digits")
+
+
+def _fake_result(seed, acc, init_acc, epochs):
+  return {"seed": seed, "n_samples": 10, "n_clusters": 2, "acc": acc, "nmi": acc, "ari": acc,
+          "purity": acc, "f_measure": acc, "wall_time_s": 5.0 + seed, "epochs": epochs,
+          "jax_backend": "cpu", "init": {"acc": init_acc, "nmi": 0.5, "ari": 0.5},
+          "info": {"epochs": epochs, "init_time_s": 1.5, "embedding_spread": 0.7,
+                   "timing": {st: {"epoch_s": 0.1 * (seed + 1), "compile_s": 2.0,
+                                   "steps_per_s": 10.0, "n_compiles": 1} for st in epochs}}}
+
+
+def test_benchmark_rows_flatten_engine_timings_and_epochs(tmp_path):
+  bm = _script("benchmark")
+  res = [_fake_result(0, 0.8, 0.7, {"pretrain": 4, "train": 3}),
+         _fake_result(1, 0.6, 0.7, {"pretrain": 4, "train": 5})]
+  assert bm.flat_timings(res[0]["info"]) == {
+      "pretrain_epoch_s": 0.1, "pretrain_compile_s": 2.0, "pretrain_steps_per_s": 10.0,
+      "train_epoch_s": 0.1, "train_compile_s": 2.0, "train_steps_per_s": 10.0,
+      "init_time_s": 1.5}
+  row = bm.summarize("m", "d", "", [0, 1], res, "python experiments/benchmark.py x")
+  assert row["timings"]["train_epoch_s"] == pytest.approx(0.15)
+  assert "embedding_spread" not in row["timings"]
+  assert row["epochs"] == {"pretrain": 4, "train": 5}
+  assert [p["epochs"] for p in row["per_seed"]] == [r["epochs"] for r in res]
+  # one default row, one tagged row: the main table and the method's variants table
+  (tmp_path / "rows").mkdir()
+  (tmp_path / "rows" / "m__d.json").write_text(json.dumps(row))
+  tagged = bm.summarize("m", "d", "t1", [0, 1], res, "python experiments/benchmark.py "
+                        "--missing-rate 0.3 --tag t1")
+  (tmp_path / "rows" / "m__d__t1.json").write_text(json.dumps(tagged))
+  bm.regenerate(tmp_path)
+  md = (tmp_path / "BENCHMARKS.md").read_text()
+  main = md[md.index("## Default settings"):md.index("## Variants")]
+  variants = md[md.index("## Variants"):md.index("## Papers")]
+  assert "| d | m | 2 | 70.0 ± 10.0 |" in main and "| 4 + 3–5 |" in main
+  assert "1 of 2" in main and "t1" not in main
+  assert "### m" in variants and "| d | t1 | `--missing-rate 0.3` | 0 1 |" in variants
