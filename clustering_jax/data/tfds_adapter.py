@@ -4,6 +4,10 @@ Reads prepared data with `tfds.data_source` (no TensorFlow needed). A download
 happens only when asked (download=True): offline, TFDS retries for minutes
 instead of failing, so by default a missing dataset fails at once with a message
 saying how to prepare the data directory.
+
+Splits may be TFDS split expressions, e.g. `tfds:cifar10:train+test` (the 60,000 images the
+HaDis paper clusters) or `tfds:stl10:train+test` (its 13,000 labelled STL-10 images). Images
+come back as (n, H, W, C) float32 in [0, 1] (uint8 pixels divided by 255).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ def parse_spec(spec: str):
 
 
 def load_tfds(spec: str, *, data_dir=None, download: bool = False, n_clusters=None,
-              max_samples=None) -> Dataset:
+              max_samples=None, label_key: str = "label") -> Dataset:
+  """Loads a prepared TFDS split as an image Dataset.
+
+  label_key: the feature holding the ground truth, e.g. "coarse_label" for CIFAR-100's 20
+  superclasses (the "CIFAR-20" of the clustering literature). Labels are evaluation-only. A
+  split whose labels are all negative (STL-10's `unlabelled`, label -1) has no labels.
+  """
   name, split = parse_spec(spec)
   try:
     import tensorflow_datasets as tfds
@@ -54,13 +64,18 @@ def load_tfds(spec: str, *, data_dir=None, download: bool = False, n_clusters=No
       (k for k, v in first.items() if np.ndim(v) == 3), None)
   if img_key is None:
     raise DataError(f"TFDS {name}: no image feature found (features: {sorted(first)})")
-  x = np.stack([np.asarray(r[img_key]) for r in rows]).astype(np.float32)
-  if x.max(initial=0) > 1.0:
+  raw = np.stack([np.asarray(r[img_key]) for r in rows])
+  x = raw.astype(np.float32)
+  if raw.dtype == np.uint8 or x.max(initial=0) > 1.0:
     x = x / 255.0
-  y = np.asarray([int(r["label"]) for r in rows]) if "label" in first else None
+  if label_key != "label" and label_key not in first:
+    raise DataError(f"TFDS {name}: no feature {label_key!r} (features: {sorted(first)})")
+  y = np.asarray([int(r[label_key]) for r in rows]) if label_key in first else None
+  if y is not None and np.all(y < 0):
+    y = None
   info_classes = None
   try:
-    info_classes = builder.info.features["label"].num_classes
+    info_classes = builder.info.features[label_key].num_classes
   except Exception:
     pass
   k = n_clusters or info_classes or (len(np.unique(y)) if y is not None else None)
