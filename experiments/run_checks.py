@@ -4,11 +4,12 @@
   python experiments/run_checks.py runs/bench/idcl__digits__lr001-p1000/seed{0,1,2}
 
 Per run, one Markdown row: the last pre-training L_rec, the largest clustering-epoch L_rec
-over it (the stage-boundary condition of docs/methods/idcl.md) and the epoch where it was
-reached, the last clustering-epoch L_rec, d_c at the first and last clustering epoch, the
-median label-change rate per epoch, and the number of clustering epochs run. No labels are
-read. A run resumed from another directory's pre-training (an ablation variant written
-before its log was carried over) has no pre-training rows: those columns are "–".
+over it (the stage-boundary check of docs/methods/idcl-notes.md, "How defaults were chosen")
+and the epoch where it was reached, the last clustering-epoch L_rec, d_c at the first and
+last clustering epoch, the median label-change rate per epoch, and the number of clustering
+epochs run. No labels are read. A run directory without pre-training rows in its log (a run
+resumed from another directory's pre-training that did not copy its log) gets "–" in those
+columns.
 """
 
 from __future__ import annotations

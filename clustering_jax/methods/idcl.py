@@ -9,8 +9,8 @@ Zheng, Zhang & Wang, ICMR 2024 (papers/003_…). Two stages on `train.engine`:
      below μ, the per-cluster curriculum set (Eq. 5–8), then one scanned epoch of
      L = L_rec + α·KL(P‖Q) (Eq. 14) over the set (fixed shape: the batches the set does not
      fill have zero weight and are skipped).
-Defaults, their departures from the paper and the measurements behind them:
-docs/methods/idcl.md.
+Defaults and their departures from the paper: docs/methods/idcl.md; the measurements
+behind them: docs/methods/idcl-notes.md.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 def dot_hi(a: jax.Array, b: jax.Array) -> jax.Array:
   """a @ b in full float32. On GPUs XLA's default float32 matmul rounds its inputs to
   TF32 (10-bit mantissa): squared distances by the expansion below were then off by
-  up to 4e-3 on an H200 (session 5), enough to flip nearest-centre decisions. On the
-  CPU this is the same as a @ b."""
+  up to 4e-3 on an H200 (docs/results/device_runs.md), enough to flip nearest-centre
+  decisions. On the CPU this is the same as a @ b."""
   return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -25,9 +25,9 @@ def cluster_sums(x: jax.Array, labels: jax.Array, n_clusters: int, *,
   how: "segment" (`jax.ops.segment_sum`), "matmul" (one-hot(labels)ᵀ @ x in full float32)
   or "auto": segment on the CPU, matmul on an accelerator. On a GPU, XLA's scatter-add
   accumulates with atomics in no fixed order, so two identical calls can differ in the last
-  bits and flip a near-tie in k-means (session 5 saw k-means's determinism test fail on an
-  H200); the matmul adds in a fixed order. The CPU keeps the segment sum, so every number
-  measured there is unchanged.
+  bits and flip a near-tie in k-means (k-means's determinism test failed on an H200 with
+  the segment sum; docs/results/device_runs.md); the matmul adds in a fixed order. The CPU
+  keeps the segment sum, so every number measured there is unchanged.
   """
   if how == "auto":
     how = "segment" if jax.default_backend() == "cpu" else "matmul"
