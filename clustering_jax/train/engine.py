@@ -103,17 +103,19 @@ class ScannedEpoch:
 
   Calling it with (state, consts, idx (nb, B), w (nb, B), key) returns the new state and
   the metrics averaged over the batches that ran (summed in batch order on the device), as
-  Python floats: one host sync per epoch. params and opt_state are donated, `extra` is not. `n_compiles` counts the
-  shapes compiled (1 in a fit whose shapes are fixed).
+  Python floats: one host sync per epoch. params and opt_state are donated, `extra` is not.
+  The skip (`lax.cond`) is compiled in only when some batch is empty. `n_compiles` counts
+  the programs compiled (1 in a fit whose shapes are fixed and whose stage always, or
+  never, has empty batches).
   """
 
   def __init__(self, step_fn: Callable):
     self._step = step_fn
-    self._jit = jax.jit(self._epoch, donate_argnums=0)
+    self._jit = jax.jit(self._epoch, donate_argnums=0, static_argnums=6)
     self._exe: dict = {}
     self.compile_s, self.n_compiles, self.steps, self.step_s = 0.0, 0, 0, 0.0
 
-  def _epoch(self, core, extra, consts, idx, w, key):
+  def _epoch(self, core, extra, consts, idx, w, key, skips):
     state = core.replace(extra=extra)
     m_shape = jax.eval_shape(self._step, state, consts, idx[0], w[0], key)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
@@ -122,8 +124,11 @@ class ScannedEpoch:
       st, total, count = carry
       b, ib, wb = xs
       k = jax.random.fold_in(key, b)
-      st, m = jax.lax.cond(jnp.sum(wb) > 0, lambda s: self._step(s, consts, ib, wb, k),
-                           lambda s: (s, zeros), st)
+      if skips:  # some batches are empty: run the step only where the batch has weight
+        st, m = jax.lax.cond(jnp.sum(wb) > 0, lambda s: self._step(s, consts, ib, wb, k),
+                             lambda s: (s, zeros), st)
+      else:
+        st, m = self._step(st, consts, ib, wb, k)
       return (st, jax.tree.map(jnp.add, total, m), count + (jnp.sum(wb) > 0)), None
 
     nb = idx.shape[0]
@@ -133,6 +138,7 @@ class ScannedEpoch:
 
   def __call__(self, state, consts, idx, w, key):
     mesh = data_mesh()
+    skips = bool(np.any(np.asarray(w).sum(axis=1) <= 0))  # compile the lax.cond only if needed
     idx, w = jnp.asarray(idx, jnp.int32), jnp.asarray(w, jnp.float32)
     if mesh is not None:  # constants a method placed itself (shard_rows) keep their sharding
       state, key = replicate((state, key), mesh)
@@ -141,16 +147,16 @@ class ScannedEpoch:
       idx, w = (shard_rows if split else replicate)((idx, w), mesh, *((1,) if split else ()))
     # params/opt_state are donated; `extra` is not, so arrays a method still holds from it
     # (labels, centers) stay valid after the call.
-    args = (state.replace(extra=None), state.extra, consts, idx, w, key)
+    args = (state.replace(extra=None), state.extra, consts, idx, w, key, skips)
     sig = jax.tree.map(lambda a: (np.shape(a), str(jnp.result_type(a))), args)
-    sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)))
+    sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)), skips)
     if sig not in self._exe:
       t = time.perf_counter()
       self._exe[sig] = self._jit.lower(*args).compile()
       self.compile_s += time.perf_counter() - t
       self.n_compiles += 1
     t = time.perf_counter()
-    state, metrics, count = self._exe[sig](*args)
+    state, metrics, count = self._exe[sig](*args[:-1])
     metrics, count = jax.device_get((metrics, count))
     self.step_s += time.perf_counter() - t
     self.steps += int(count)
