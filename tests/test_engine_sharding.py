@@ -49,15 +49,24 @@ ulhe.fit(data, 3, ulhe.Config(hidden=(16, 16, 32), latent=4, pretrain_epochs=3,
                               kmeans_n_init=2, eta=0.0), key=jax.random.key(0), run=run)
 out["ulhe"] = [[r["stage"], r.get("loss"), r.get("rec")] for r in run.history
                if r["stage"] == "pretrain"]
-# ULHE's clustering step from fixed inputs (its fit's k-means start is a near-tie on this
-# data, so a last-bit difference in the embedding may pick another partition there).
-cfg = ulhe.Config(hidden=(16, 16, 32), latent=4)
+# ULHE's clustering step from a fixed start: its fit's cosine k-means start is a near-tie on
+# this data (a last-bit difference may pick another partition), so the epochs start from the
+# pre-trained encoder with the generating clusters' centers.
+blobs = builtin.blobs(n_samples=256, n_clusters=3, n_features=8, seed=2)
+cfg = ulhe.Config(hidden=(16, 16, 32), latent=4, pretrain_epochs=3, pretrain_batch_size=64,
+                  cluster_epochs=0, batch_size=64, kmeans_n_init=2)
+res = ulhe.fit(data, 3, cfg, key=jax.random.key(0), run=Run(None))
 x = jax.numpy.asarray(data.concat())
-params = ulhe.init_params(cfg, jax.random.key(1), x.shape[1])
-extra = {"centers": jax.numpy.eye(3, 4), "labels": jax.numpy.arange(256) % 3}
-state = engine.new_state(params["params"]["encoder"], ulhe.optimizer("sgd", 0.002, 0.9), extra)
+enc = res.state["params"]["params"]["encoder"]
+net = ulhe.make_net(cfg, x.shape[1])
+z = np.asarray(ulhe.transform(cfg, res.state, np.asarray(x)))
+y = np.asarray(blobs.labels)
+centers = np.stack([z[y == c].mean(0) for c in range(3)])
+extra = {"centers": jax.numpy.asarray(centers / np.linalg.norm(centers, axis=1, keepdims=True)),
+         "labels": jax.numpy.asarray(y, jax.numpy.int32)}
+state = engine.new_state(enc, ulhe.optimizer("sgd", 0.002, 0.9), extra)
 idx, w = engine.epoch_batches(np.random.default_rng(0).permutation(256)[:200], 256, 64)
-scan = engine.ScannedEpoch(ulhe.make_cluster_step(ulhe.make_net(cfg, x.shape[1]), cfg))
+scan = engine.ScannedEpoch(ulhe.make_cluster_step(net, cfg))
 for e in range(2):
   state, m = scan(state, x, idx, w, jax.random.key(e))
   out["ulhe"].append(["cluster", m["loss"], m["unif"]])
