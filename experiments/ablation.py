@@ -62,7 +62,7 @@ METHODS = {
                                        "pretrain_warmup": 0.1,
                                        # the resolved rate (a property; None follows lr)
                                        "pretrain_end_rate": 0.0}},
-    "ulhe": {"epochs_field": "cluster_epochs", "stage": "cluster", "extra": _ulhe_extra,
+    "ulhe": {"epochs_field": "epochs", "stage": "train", "extra": _ulhe_extra,
              "pretrain_fields": ("hidden", "latent", "weight_init", "pretrain_epochs",
                                  "pretrain_batch_size", "pretrain_optimizer", "pretrain_lr",
                                  "momentum", "rec_reduction", "augment_pretrain")},

@@ -22,11 +22,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: (method, dataset, overrides): short schedules, the methods' other defaults.
+#: (method, dataset, --epochs, overrides): short schedules, the methods' other defaults.
 CASES = [
-    ("idcl", "digits", {"pretrain_epochs": 12, "epochs": 12}),
-    ("ulhe", "digits", {"pretrain_epochs": 12, "cluster_epochs": 12}),
-    ("largemvc", "digits-mv", {"epochs": 40}),
+    ("idcl", "digits", 12, {"pretrain_epochs": 12}),
+    ("ulhe", "digits", 12, {"pretrain_epochs": 12}),
+    ("largemvc", "digits-mv", 40, {}),
 ]
 
 
@@ -43,12 +43,13 @@ def _epoch_gaps(metrics_path: Path) -> dict:
 
 def measure(repo: Path, seed: int) -> dict:
   results = {}
-  for method, dataset, overrides in CASES:
+  for method, dataset, epochs, overrides in CASES:
     with tempfile.TemporaryDirectory() as tmp:
       cfg = Path(tmp) / "cfg.json"
       cfg.write_text(json.dumps(overrides))
       cmd = [sys.executable, str(repo / "experiments" / "run.py"), "--method", method,
-             "--dataset", dataset, "--seed", str(seed), "--config", str(cfg),
+             "--dataset", dataset, "--seed", str(seed), "--epochs", str(epochs),
+             "--config", str(cfg),
              "--out", str(Path(tmp) / "run"), "--quiet"]
       env = {**os.environ, "PYTHONPATH": str(repo)}
       subprocess.run(cmd, check=True, cwd=repo, env=env, capture_output=True, text=True)

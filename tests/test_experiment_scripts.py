@@ -45,7 +45,7 @@ def test_ulhe_ablation_shares_pretraining_and_matches_an_uninterrupted_fit(tmp_p
   # Resuming from the shared checkpoint is the same computation as one uninterrupted fit.
   data = load_dataset("digits")
   res = ulhe.fit(Views.of(data), data.n_clusters,
-                 ulhe.Config(**{**TINY, "hidden": tuple(TINY["hidden"]), "cluster_epochs": 4}),
+                 ulhe.Config(**{**TINY, "hidden": tuple(TINY["hidden"]), "epochs": 4}),
                  key=jax.random.key(0), run=Run(None))
   y = np.asarray(data.labels)
   assert recs["default"]["final"]["acc"] == metrics.accuracy(y, res.labels)
@@ -84,7 +84,7 @@ def test_kmeans_cost_relabels_any_label_values():
 def test_run_directory_holds_the_starting_point(tmp_path):
   from clustering_jax.experiment import run_experiment
   out = tmp_path / "run"
-  run_experiment("ulhe", "digits", out=str(out), overrides={**TINY, "cluster_epochs": 2})
+  run_experiment("ulhe", "digits", out=str(out), overrides={**TINY, "epochs": 2})
   z0, lab0 = np.load(out / "init_embedding.npy"), np.load(out / "init_labels.npy")
   assert z0.shape == (1797, 4) and lab0.shape == (1797,)
   y = np.asarray(load_dataset("digits").labels)

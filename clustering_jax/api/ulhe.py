@@ -21,7 +21,7 @@ class ULHE(ClusteringEstimator):
   """
 
   config_cls = ulhe.Config
-  epochs_field = "cluster_epochs"
+  epochs_field = "epochs"
   pretrain_epochs_field = "pretrain_epochs"
   accepts = "any"
 

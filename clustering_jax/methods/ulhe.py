@@ -56,7 +56,7 @@ class Config:
   # Initialization: the project's cosine k-means (Algorithm 1, line 3).
   kmeans_n_init: int = 10
   # Clustering (§4.2): same optimizer and batch, lr 0.002, 300 iterations (epochs).
-  cluster_epochs: int = 300
+  epochs: int = 300
   batch_size: int = 256
   lr: float = 0.002
   lambda0: float = 2.00                 # Eq. 13 / Table 1
@@ -67,8 +67,8 @@ class Config:
   eta: float = 0.001                    # Eq. 14
   spl_steps: int = 3                    # §4.2: three easy-to-hard steps (100 epochs each of 300)
   # When a self-paced step ends (the paper is open on how Eq. 14 meets the schedule):
-  # "stop_rule": after cluster_epochs/spl_steps epochs, or earlier when Eq. 14 holds before
-  # the last step; "fixed": after exactly cluster_epochs/spl_steps epochs (§4.2 "updated
+  # "stop_rule": after epochs/spl_steps epochs, or earlier when Eq. 14 holds before
+  # the last step; "fixed": after exactly epochs/spl_steps epochs (§4.2 "updated
   # every 100 epochs"), Eq. 14 tested in the last step only.
   spl_advance: str = "stop_rule"
   unif_eps: float = 1e-6                # clamp of 1 - m_i^T m_j in Eq. 11
@@ -89,7 +89,7 @@ class Config:
     for name in ("spl_steps", "batch_size", "pretrain_batch_size", "kmeans_n_init",
                  "embed_block"):
       in_range(self, name, 1)
-    for name in ("pretrain_epochs", "cluster_epochs", "clip_norm", "eta", "pretrain_eval_every"):
+    for name in ("pretrain_epochs", "epochs", "clip_norm", "eta", "pretrain_eval_every"):
       in_range(self, name, 0)
     for name in ("lr", "pretrain_lr"):
       in_range(self, name, 0.0, lo_open=True)
@@ -263,7 +263,7 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array,
   scan = engine.ScannedEpoch(make_cluster_step(net, cfg,
                                                image_shape if cfg.augment_cluster else None))
   aug_key = jax.random.fold_in(k_clu, 1)
-  step_len = max(1, math.ceil(cfg.cluster_epochs / cfg.spl_steps))
+  step_len = max(1, math.ceil(cfg.epochs / cfg.spl_steps))
   advances = []
 
   def epoch_fn(epoch, state):
@@ -300,13 +300,13 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array,
   extra = {"centers": km.centers, "labels": km.labels.astype(jnp.int32),
            "select": jnp.ones((n,), bool), "spl_step": jnp.asarray(0, jnp.int32),
            "step_start": jnp.asarray(0, jnp.int32)}
-  state, info = engine.run_stage(run, "cluster", engine.new_state(enc, tx, extra=extra),
-                                 cfg.cluster_epochs, epoch_fn, scans=(scan,))
+  state, info = engine.run_stage(run, "train", engine.new_state(enc, tx, extra=extra),
+                                 cfg.epochs, epoch_fn, scans=(scan,))
 
   # Final model: embedding and Eq. 6 assignments with the final w and M.
   z = embed(state.params, x)
   labels, _ = hs.assign_cosine(z, state.extra["centers"])
-  out = {**engine.timing_info({"pretrain": pre_info, "cluster": info}),
+  out = {**engine.timing_info({"pretrain": pre_info, "train": info}),
          "stopped_by_rule": info["stopped_at"] is not None, "stop_epoch": info["stopped_at"],
          "spl_advances": advances}
   params = {"params": {"encoder": state.params, "decoder": params["params"]["decoder"]}}
