@@ -4,10 +4,12 @@
   python experiments/run.py --method kmeans --dataset digits
   python experiments/run.py --method idcl --dataset digits --seed 0 --out runs/idcl-digits
   python experiments/run.py --method largemvc --dataset hdigit --data-dir ../shared/data
+  python experiments/run.py --method kmeans --dataset my_data.npz --n-clusters 5
 
 The run directory holds config.json, metrics.jsonl, results.json, labels.npy,
-embedding.npy, checkpoints/ (with --checkpoint-every) and PNG plots. Bad input
-ends with one line on stderr and exit status 2; a NaN/Inf loss with status 3.
+embedding.npy, checkpoints/ (with --checkpoint-every) and PNG plots. Data without
+labels (an .npz without `y`) needs --n-clusters and gets label-free scores only. Bad
+input ends with one line on stderr and exit status 2; a NaN/Inf loss with status 3.
 """
 
 from __future__ import annotations
@@ -20,8 +22,17 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
+def _epilog(argv) -> str:
+  """The per-method table of what the epoch flags set; built only for --help (it imports
+  every method's estimator)."""
+  if not any(a in ("-h", "--help") for a in argv):
+    return ""
+  from clustering_jax.experiment import schedule_help
+  return schedule_help()
+
+
 def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=_epilog(argv),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--method", required=True, help="kmeans, idcl, ulhe, largemvc, ...")
   p.add_argument("--dataset", default="digits",
@@ -30,10 +41,19 @@ def parse_args(argv):
                  help="folder with Hdigit.mat / prokaryotic.mat / prepared TFDS data "
                       "(default: $CLUSTERING_JAX_DATA or ~/clustering_jax_data)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--epochs", type=int, default=None, help="main training epochs of the method")
+  p.add_argument("--epochs", type=int, default=None,
+                 help="epochs of the method's main (clustering) stage; which Config field "
+                      "this sets per method: see the table below")
+  p.add_argument("--pretrain-epochs", type=int, default=None,
+                 help="epochs of the pre-training stage; which Config field this sets per "
+                      "method: see the table below")
+  p.add_argument("--n-clusters", type=int, default=None,
+                 help="number of clusters; required for data without labels, and overrides "
+                      "the label count (and n_clusters in --config) when given")
   p.add_argument("--config", default=None, help="JSON or YAML file of parameter overrides")
   p.add_argument("--out", default=None, help="run directory (default: runs/METHOD-DATASET-sSEED-TIME)")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--quiet", action="store_true",
+                 help="no progress bar and no schedule line (notes are still printed)")
   p.add_argument("--checkpoint-every", type=int, default=0,
                  help="save an orbax checkpoint every N epochs; rerunning with the same --out resumes")
   p.add_argument("--download", action="store_true", help="allow TFDS to download the dataset")
@@ -51,8 +71,11 @@ def main(argv=None):
   from clustering_jax.train import NonFiniteError
   if not 0.0 <= args.missing_rate < 1.0:
     main_error(f"--missing-rate must be in [0, 1), got {args.missing_rate}")
-  if args.epochs is not None and args.epochs < 0:
-    main_error(f"--epochs must be >= 0, got {args.epochs}")
+  for flag in ("epochs", "pretrain_epochs"):
+    if getattr(args, flag) is not None and getattr(args, flag) < 0:
+      main_error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+  if args.n_clusters is not None and args.n_clusters < 2:
+    main_error(f"--n-clusters must be >= 2, got {args.n_clusters}")
   safe_ds = args.dataset.replace("/", "_").replace(":", "_")
   out = args.out or os.path.join(
       "runs", f"{args.method}-{safe_ds}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -60,7 +83,8 @@ def main(argv=None):
     overrides = load_overrides(args.config)
     results = run_experiment(
         args.method, args.dataset, out=out, seed=args.seed, data_dir=args.data_dir,
-        epochs=args.epochs, overrides=overrides, quiet=args.quiet,
+        epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, n_clusters=args.n_clusters,
+        overrides=overrides, quiet=args.quiet,
         checkpoint_every=args.checkpoint_every, download=args.download,
         max_samples=args.max_samples, missing_rate=args.missing_rate, argv=argv)
   except NonFiniteError as e:

@@ -16,6 +16,12 @@ def _run(*args, cwd=ROOT):
   return subprocess.run(RUN + list(args), cwd=cwd, text=True, capture_output=True, timeout=300)
 
 
+def _main(*args):
+  """The CLI in this process (see _run_helpers.cli)."""
+  from _run_helpers import cli
+  return cli().main(list(args))
+
+
 def test_kmeans_digits_writes_run_directory(tmp_path):
   out = tmp_path / "run"
   p = _run("--method", "kmeans", "--dataset", "digits", "--seed", "0", "--out", str(out), "--quiet")
@@ -45,19 +51,17 @@ def test_kmeans_digits_writes_run_directory(tmp_path):
   assert cfg["params"]["n_clusters"] == 10 and cfg["seed"] == 0
 
 
-def test_config_override_json_and_yaml(tmp_path):
+def test_config_override_json_and_yaml(tmp_path, capsys):
   js = tmp_path / "o.json"
   js.write_text(json.dumps({"n_init": 2, "metric": "cosine"}))
-  p = _run("--method", "kmeans", "--dataset", "blobs", "--out", str(tmp_path / "a"), "--quiet",
-           "--config", str(js))
-  assert p.returncode == 0, p.stderr
+  _main("--method", "kmeans", "--dataset", "blobs", "--out", str(tmp_path / "a"), "--quiet",
+        "--config", str(js))
   params = json.loads((tmp_path / "a" / "config.json").read_text())["params"]
   assert params["n_init"] == 2 and params["metric"] == "cosine"
   ym = tmp_path / "o.yaml"
   ym.write_text("n_init: 3\n")
-  p = _run("--method", "kmeans", "--dataset", "blobs", "--out", str(tmp_path / "b"), "--quiet",
-           "--config", str(ym))
-  assert p.returncode == 0, p.stderr
+  _main("--method", "kmeans", "--dataset", "blobs", "--out", str(tmp_path / "b"), "--quiet",
+        "--config", str(ym))
   assert json.loads((tmp_path / "b" / "config.json").read_text())["params"]["n_init"] == 3
 
 
@@ -70,21 +74,25 @@ def test_config_override_json_and_yaml(tmp_path):
     (["--method", "kmeans", "--dataset", "blobs", "--missing-rate", "1.5"], "missing-rate"),
     (["--method", "kmeans", "--dataset", "blobs", "--epochs", "3"], "no training epochs"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
-  p = _run(*args, "--out", str(tmp_path / "x"), "--quiet")
-  assert p.returncode == 2, (p.returncode, p.stderr)
-  err = p.stderr.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("error:"), p.stderr
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
+  # In-process (an interpreter and JAX per case cost ~5 s each); an uncaught exception here
+  # would fail the test as a traceback would on the command line.
+  with pytest.raises(SystemExit) as e:
+    _main(*args, "--out", str(tmp_path / "x"), "--quiet")
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:"), err
   assert needle in err[0]
-  assert "Traceback" not in p.stderr
+  assert not (tmp_path / "x").exists()
 
 
-def test_unknown_config_key_is_clear(tmp_path):
+def test_unknown_config_key_is_clear(tmp_path, capsys):
   js = tmp_path / "o.json"
   js.write_text(json.dumps({"no_such_param": 1}))
-  p = _run("--method", "kmeans", "--dataset", "blobs", "--config", str(js), "--quiet",
-           "--out", str(tmp_path / "x"))
-  assert p.returncode == 2 and "no_such_param" in p.stderr
+  with pytest.raises(SystemExit) as e:
+    _main("--method", "kmeans", "--dataset", "blobs", "--config", str(js), "--quiet",
+          "--out", str(tmp_path / "x"))
+  assert e.value.code == 2 and "no_such_param" in capsys.readouterr().err
 
 
 def test_benchmark_harness_writes_rows_and_tables(tmp_path):
@@ -99,3 +107,125 @@ def test_benchmark_harness_writes_rows_and_tables(tmp_path):
   assert "benchmark.py" in rows[0]["command"]
   md = (tmp_path / "BENCHMARKS.md").read_text()
   assert "| blobs | kmeans |" in md
+
+
+# --- flags, schedules and validation (in-process: no interpreter start per case) -------------
+def test_help_says_what_each_epoch_flag_sets_per_method(capsys):
+  from clustering_jax.api import available_methods, get_estimator
+  with pytest.raises(SystemExit) as e:
+    _main("--help")
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert "--pretrain-epochs" in out and "--n-clusters" in out
+  rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")
+          and line.split() and line.split()[0] in available_methods()}
+  assert set(rows) == set(available_methods())
+  for m, line in rows.items():
+    cls = get_estimator(m)
+    fields = [f for f in (cls.epochs_field, cls.pretrain_epochs_field) if f]
+    assert all(f in line for f in fields), line
+    assert line.count("- (an error)") == 2 - len(fields), line
+
+
+def test_epoch_flags_set_each_methods_fields():
+  from clustering_jax.experiment import estimator_params
+  assert {k: v for k, v in estimator_params("idcl", epochs=4, pretrain_epochs=3).items()
+          if "epochs" in k} == {"epochs": 4, "pretrain_epochs": 3}
+  from clustering_jax.api import get_estimator
+  ulhe = get_estimator("ulhe")
+  assert {k: v for k, v in estimator_params("ulhe", epochs=4, pretrain_epochs=3).items()
+          if "epochs" in k} == {ulhe.epochs_field: 4, ulhe.pretrain_epochs_field: 3}
+  # The flags win over the same fields in --config.
+  p = estimator_params("idcl", pretrain_epochs=3, overrides={"pretrain_epochs": 500})
+  assert p["pretrain_epochs"] == 3
+
+
+def test_schedule_is_one_line_on_stderr_unless_quiet(tmp_path, capsys):
+  from clustering_jax.api import get_estimator
+  from clustering_jax.experiment import schedule, schedule_line
+  idcl = get_estimator("idcl")(n_clusters=3, pretrain_epochs=7, epochs=5)
+  line = schedule_line("idcl", idcl)
+  assert "pre-training 7 epochs (pretrain_epochs" in line and "main stage 5 epochs" in line
+  assert "\n" not in line and schedule(idcl) == {"pretrain_epochs": 7, "epochs": 5}
+  ulhe = get_estimator("ulhe")(n_clusters=3)
+  assert (f"main stage {getattr(ulhe, ulhe.epochs_field)} epochs ({ulhe.epochs_field}"
+          in schedule_line("ulhe", ulhe))
+  _main("--method", "kmeans", "--dataset", "blobs", "--out", str(tmp_path / "a"))
+  err = capsys.readouterr().err
+  assert [ln for ln in err.splitlines() if ln.startswith("schedule:")] == [
+      "schedule: kmeans has no training epochs (--epochs / --pretrain-epochs do not apply)"]
+  _main("--method", "kmeans", "--dataset", "blobs", "--out", str(tmp_path / "b"), "--quiet")
+  assert "schedule:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, config, needle", [
+    (["--method", "kmeans", "--pretrain-epochs", "3"], None, "no pre-training stage"),
+    (["--method", "largemvc", "--pretrain-epochs", "3"], None, "no pre-training stage"),
+    (["--method", "idcl", "--pretrain-epochs", "-1"], None, "--pretrain-epochs must be >= 0"),
+    (["--method", "kmeans", "--n-clusters", "1"], None, "--n-clusters must be >= 2"),
+    (["--method", "kmeans"], {"n_clusters": "ten"}, "n_clusters: expected an integer, got 'ten'"),
+    (["--method", "kmeans"], {"n_init": "ten"}, "n_init: expected an integer, got 'ten'"),
+    (["--method", "kmeans"], {"tol": "small"}, "tol: expected a number, got 'small'"),
+    (["--method", "idcl"], {"augment": "yes"}, "augment: expected true or false, got 'yes'"),
+    (["--method", "idcl"], {"hidden": 5}, "hidden: expected a list or tuple, got 5"),
+    (["--method", "idcl"], {"pretrain_end_lr": "x"}, "pretrain_end_lr: expected a number or None"),
+    (["--method", "kmeans"], {"scaling": "zscore"}, "scaling: expected one of"),
+    # Values of the right type that the method rejects: before the run directory is made
+    # (IDCL's Config.validate) or by fit before its first epoch (k-means' metric).
+    (["--method", "idcl"], {"pace": "bogus"}, "pace must be one of"),
+    (["--method", "kmeans"], {"metric": "bogus"}, "metric must be one of"),
+])
+def test_bad_values_name_the_parameter_and_leave_no_run_directory(tmp_path, capsys, args,
+                                                                   config, needle):
+  extra = []
+  if config is not None:
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    extra = ["--config", str(tmp_path / "c.json")]
+  out = tmp_path / "run"
+  with pytest.raises(SystemExit) as e:
+    _main(*args, "--dataset", "blobs", "--out", str(out), "--quiet", *extra)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+  assert not out.exists()
+
+
+def test_unknown_parameter_error_lists_every_accepted_parameter(tmp_path, capsys):
+  (tmp_path / "c.json").write_text(json.dumps({"n_iters": 3}))
+  with pytest.raises(SystemExit):
+    _main("--method", "kmeans", "--dataset", "blobs", "--config", str(tmp_path / "c.json"),
+          "--out", str(tmp_path / "x"), "--quiet")
+  err = capsys.readouterr().err
+  for name in ("n_clusters", "random_state", "scaling", "n_init", "max_iter", "tol", "metric"):
+    assert repr(name) in err, name
+
+
+@pytest.mark.parametrize("after_epochs", [0, 2])
+def test_a_fit_that_fails_validation_before_its_first_epoch_leaves_no_directory(
+    tmp_path, monkeypatch, after_epochs):
+  from _run_helpers import fake_deep_estimator
+
+  from clustering_jax import experiment
+  base = fake_deep_estimator({})
+
+  class Failing(base):
+    def _fit(self, data, key, run):
+      for e in range(after_epochs):
+        run.log("pretrain", e, {"loss": 1.0})
+      raise ValueError("bad value found by fit")
+
+  monkeypatch.setattr(experiment, "get_estimator", lambda name: Failing)
+  out = tmp_path / "run"
+  with pytest.raises(ValueError, match="bad value found by fit"):
+    experiment.run_experiment("fake", "blobs", out=str(out))
+  # Before any epoch: no half-made directory. After epochs: the log shows how far it got.
+  assert out.exists() == (after_epochs > 0)
+  if after_epochs:
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == after_epochs
+  # A directory that existed before the run (e.g. to resume) is never removed.
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  monkeypatch.setattr(experiment, "get_estimator", lambda name: Failing)
+  with pytest.raises(ValueError):
+    experiment.run_experiment("fake", "blobs", out=str(existing))
+  assert existing.exists()

@@ -1,0 +1,86 @@
+"""results.json has one documented shape for every method; `epochs` is stage -> epochs run."""
+
+import json
+
+import numpy as np
+import pytest
+from _run_helpers import (ROOT, TINY, TINY_EPOCHS, blobs_npz, check_results_schema,
+                          check_run_dir, documented_schema, fake_deep_estimator)
+
+from clustering_jax import experiment
+from clustering_jax.api import available_methods, get_estimator
+
+
+@pytest.mark.parametrize("info, want", [
+    ({"epochs": {"pretrain": 2, "cluster": 5}}, {"pretrain": 2, "cluster": 5}),       # ULHE
+    ({"epochs": 3, "epochs_per_stage": {"pretrain": 2, "train": 3}},
+     {"pretrain": 2, "train": 3}),                                                    # IDCL now
+    ({"epochs": {"pretrain": 2, "train": 3}, "epochs_per_stage": {"pretrain": 2, "train": 3}},
+     {"pretrain": 2, "train": 3}),                                  # after the shared engine
+    ({"epochs": 4}, {"train": 4}),                                                    # LargeMvC
+    ({"epochs": np.int64(4)}, {"train": 4}),
+    ({"inertia": 1.0}, {}), ({}, {}), (None, {}),                                     # baselines
+])
+def test_normalize_epochs_accepts_every_form(info, want):
+  got = experiment.normalize_epochs(info)
+  assert got == want and all(type(v) is int for v in got.values())
+
+
+def test_schema_table_is_in_the_readme():
+  schema = documented_schema()
+  assert schema["epochs"] == "always" and schema["acc"] == "with labels"
+  assert schema["init"].startswith("with labels, ")
+  for k in ("label_free", "notes", "plot_time_s", "schedule", "has_labels"):
+    assert schema[k] == "always", k
+
+
+@pytest.mark.parametrize("info, labelled", [
+    ({"epochs": 3, "epochs_per_stage": {"pretrain": 2, "train": 3}}, True),
+    ({"epochs": {"pretrain": 2, "train": 3}}, False),
+    ({"epochs": 3}, True)])
+def test_one_shape_whatever_form_the_method_reports(tmp_path, monkeypatch, info, labelled):
+  monkeypatch.setattr(experiment, "get_estimator", lambda name: fake_deep_estimator(info))
+  data = blobs_npz(tmp_path / "d.npz", labels=labelled)
+  out = tmp_path / "run"
+  r = experiment.run_experiment("fake", str(data), out=str(out), n_clusters=3,
+                                pretrain_epochs=2, epochs=3)
+  assert r == json.loads((out / "results.json").read_text())
+  check_run_dir(out, n=240, k=3, labelled=labelled)
+  assert r["epochs"] == ({"train": 3} if info == {"epochs": 3} else {"pretrain": 2, "train": 3})
+  assert r["schedule"] == {"pretrain_epochs": 2, "epochs": 3}
+  assert ("init" in r) is labelled and (out / "loss_curves.png").exists()
+
+
+def _data_for(method, tmp_path):
+  if get_estimator(method).accepts == "image":
+    rng = np.random.default_rng(0)
+    path = tmp_path / "img.npz"
+    np.savez(path, X=rng.random((120, 8, 8, 1)).astype(np.float32), y=np.arange(120) % 3)
+    return str(path)
+  return "blobs"
+
+
+@pytest.mark.parametrize("method", [
+    m if m == "kmeans" else pytest.param(m, marks=pytest.mark.slow) for m in available_methods()])
+def test_every_registered_method_writes_the_documented_schema(tmp_path, method):
+  cls = get_estimator(method)
+  out = tmp_path / "run"
+  r = experiment.run_experiment(
+      method, _data_for(method, tmp_path), out=str(out), overrides=TINY.get(method, {}),
+      epochs=TINY_EPOCHS if cls.epochs_field else None,
+      pretrain_epochs=TINY_EPOCHS if cls.pretrain_epochs_field else None)
+  has_init = (out / "init_labels.npy").exists()
+  check_results_schema(r, has_init=has_init)
+  assert r["has_labels"] and ("init" in r) is has_init
+  if cls.epochs_field is None:
+    assert r["epochs"] == {} and r["schedule"] == {}
+  else:
+    assert r["epochs"] and sum(r["epochs"].values()) <= 2 * TINY_EPOCHS
+    assert r["schedule"][cls.epochs_field] == TINY_EPOCHS
+
+
+def test_readme_lists_the_run_flags():
+  text = (ROOT / "README.md").read_text()
+  section = text[text.index("## Command line"):text.index("## Data")]
+  for flag in ("--n-clusters", "--pretrain-epochs", "--epochs", "plot_time_s"):
+    assert flag in section, flag
