@@ -10,6 +10,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from clustering_jax import compile_cache
 from clustering_jax.data.container import DataError, Dataset, from_arrays
 from clustering_jax.data.scaling import SCALINGS, scale_views
 from clustering_jax.methods.base import FitResult, Views
@@ -180,6 +181,7 @@ class ClusteringEstimator:
     mask: optional (n, n_views) bool, True where a view is present.
     run: a train.Run for progress, logs and checkpoints (default: silent).
     """
+    compile_cache.enable()  # persistent XLA cache; off with CLUSTERING_JAX_COMPILE_CACHE=0
     data = self._as_dataset(X, mask)
     self.n_features_in_ = int(sum(v.shape[1] for v in data.flat_views()))
     key = jax.random.key(int(self.random_state))
