@@ -19,8 +19,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 
 def _epilog(argv) -> str:
   """The per-method table of what the epoch flags set; built only for --help (it imports
