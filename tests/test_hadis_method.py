@@ -253,3 +253,25 @@ def test_resume_matches_uninterrupted(tmp_path, fitted, small_digits):
   assert resumed.fit_info_["epochs"] == {"train": 1}   # only epoch 1 ran after the restore
   np.testing.assert_array_equal(resumed.labels_, ref.labels_)
   np.testing.assert_allclose(resumed.embedding_, ref.embedding_, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cpu_conv_equals_lax_conv():
+  """nets.resnet.conv_general_dilated (im2col on the CPU, used by every conv of the HaDis
+  networks) equals lax.conv_general_dilated in value and gradient: 3x3 and 1x1, stride 1/2,
+  integer, "SAME" and "VALID" padding."""
+  from clustering_jax.nets.resnet import conv_general_dilated
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)), jnp.float32)
+  dn = jax.lax.conv_dimension_numbers(x.shape, (3, 3, 3, 4), ("NHWC", "HWIO", "NHWC"))
+  for ks, stride, pad in (((3, 3), 2, ((1, 1), (1, 1))), ((1, 1), 2, "SAME"),
+                          ((3, 3), 1, "VALID")):
+    k = jnp.asarray(rng.normal(size=(*ks, 3, 4)), jnp.float32)
+    f = lambda conv: (lambda x, k: conv(x, k, (stride, stride), pad, dimension_numbers=dn,
+                                        precision=jax.lax.Precision.HIGHEST))
+    ref, got = f(jax.lax.conv_general_dilated)(x, k), f(conv_general_dilated)(x, k)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    loss = lambda conv: (lambda x, k: jnp.sum(jnp.sin(f(conv)(x, k))))
+    for a, b in zip(jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, k),
+                    jax.grad(loss(conv_general_dilated), (0, 1))(x, k)):
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
