@@ -75,13 +75,14 @@ def test_default_lipschitz_is_that_of_eq3_gradient_and_r_at_init():
     assert ratio <= lp * (1 + 1e-5)
   np.testing.assert_allclose(ratio, lp, rtol=1e-4)   # P_v P_v^T = I: every direction attains it
   # default Config: R = I - P P^T / V and U = I / V at init (Eq. 5 with L_p = V)
-  params = L.init_params(ps, es, mask, L.Config())
+  norms = np.stack([np.linalg.norm(e, axis=1) for e in es], axis=1)
+  params = L.init_params(ps, norms, mask, L.Config())
   eye = np.eye(m, dtype=np.float32)
   np.testing.assert_allclose(params["R"], eye - ps[0] @ ps[0].T / len(xs), atol=1e-5)
   np.testing.assert_allclose(params["R"], (1 - 1 / len(xs)) * eye, atol=1e-5)
   np.testing.assert_allclose(params["U"], eye / len(xs), atol=1e-6)
   # a number sets L_p directly; L_p = 1 gives R = 0 (no memory of H in Eq. 5)
-  p1 = L.init_params(ps, es, mask, L.Config(lipschitz=1.0))
+  p1 = L.init_params(ps, norms, mask, L.Config(lipschitz=1.0))
   np.testing.assert_allclose(p1["R"], 0 * eye, atol=1e-5)
   np.testing.assert_allclose(p1["U"], eye, atol=1e-6)
   # a view with fewer features than anchors: P_v P_v^T is a projection, the bound still holds
@@ -126,25 +127,180 @@ def _small_batch(mask=None, seed=0, variant="full"):
   labels = np.arange(d.n_samples) % 3
   h0 = jax.nn.one_hot(labels, 3)
   p0s = L.anchor(h0, xs, None, mk)
-  e0s = tuple(mk[:, v:v + 1] * (x - h0 @ p) if variant == "full" else jnp.zeros_like(x)
-              for v, (x, p) in enumerate(zip(xs, p0s)))
-  return d, L.Batch(xs, mk, h0, e0s, p0s)
+  return d, L.make_consts(xs, mk, h0, p0s, "residual" if variant == "full" else None)
+
+
+def _e0s(c):
+  """E_v,0 = X_v - H0 P_v,0 on present rows as explicit (n, d_v) arrays."""
+  return tuple(c.mask[:, v:v + 1] * (x - c.h0 @ p) for v, (x, p) in enumerate(zip(c.xs, c.p0s)))
+
+
+def _params(batch, cfg):
+  norms = jnp.stack([jnp.linalg.norm(e, axis=1) for e in _e0s(batch)], axis=1)
+  return L.init_params(batch.p0s, norms, batch.mask, cfg)
+
+
+def _np_sigma(z, activation):
+  if activation == "relu":
+    return np.maximum(z, 0.0)
+  return 1.0507009873554805 * np.where(z > 0, z, 1.6732632423543772 * np.expm1(np.minimum(z, 0)))
+
+
+def _np_soft(a, t, activation):
+  return _np_sigma(a - t, activation) - _np_sigma(-a - t, activation)
+
+
+def _np_network(params, xs, mask, h0, e0s, p0s, cfg):
+  """Algorithm 1 in float64 NumPy, straight from Eq. 11-14 (the test's own reading)."""
+  par = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  xs = [np.asarray(x, np.float64) for x in xs]
+  mask = np.asarray(mask, np.float64)
+  h, ps = np.asarray(h0, np.float64), [np.asarray(p, np.float64) for p in p0s]
+  es = [np.asarray(e, np.float64) for e in e0s] if cfg.variant == "full" else None
+  for layer in range(cfg.n_layers):
+    th = par["theta"][layer]
+    acc = sum(mask[:, v:v + 1] * _np_soft(h @ par["R"] + ((x if es is None else x - es[v])
+                                                           @ p.T) @ par["U"], th, cfg.activation)
+              for v, (x, p) in enumerate(zip(xs, ps)))
+    h = acc / np.maximum(mask.sum(1, keepdims=True), 1)                        # Eq. 11
+    if cfg.variant == "full":                                                    # Eq. 12
+      es = []
+      for v, (x, p) in enumerate(zip(xs, ps)):
+        a = mask[:, v:v + 1] * (x - h @ p)
+        rho = par["rho"][layer, v]
+        nrm = (np.linalg.norm(a, axis=1, keepdims=True) if cfg.shrink == "row"
+               else np.full((len(a), 1), np.linalg.norm(a)))
+        safe = np.where(nrm > 0, nrm, 1.0)
+        es.append(np.where(nrm > rho, _np_sigma(nrm - rho, cfg.activation) / safe, 0.0) * a)
+    if cfg.variant != "rmvc":                                                    # Eq. 13
+      ps = []
+      for v, x in enumerate(xs):
+        m = h.T @ (mask[:, v:v + 1] * (x if es is None else x - es[v]))
+        b, _, ct = np.linalg.svd(m, full_matrices=False)
+        ps.append(b @ ct)
+  loss = sum(np.sum(mask[:, v] * np.sum((x - h @ p) ** 2, axis=1)) / (mask[:, v].sum() * x.shape[1])
+             for v, (x, p) in enumerate(zip(xs, ps)))                             # Eq. 14
+  return h, ps, loss
+
+
+@pytest.mark.parametrize("variant,shrink,activation", [
+    ("full", "row", "relu"), ("full", "matrix", "relu"), ("full", "row", "selu"),
+    ("amvc", "row", "relu"), ("rmvc", "row", "relu")])
+def test_factored_network_equals_numpy_algorithm1(variant, shrink, activation):
+  mask = np.ones((90, 3), np.float32)
+  mask[::4, 1] = 0
+  mask[1::7, 0] = 0
+  _, batch = _small_batch(jnp.asarray(mask, bool), variant=variant)
+  cfg = L.Config(variant=variant, shrink=shrink, activation=activation)
+  params = _params(batch, cfg)
+  rng = np.random.default_rng(0)
+  params = dict(params, R=params["R"] + 0.05 * rng.normal(size=params["R"].shape),
+                rho=params["rho"] * np.float32(0.7))        # some rows shrink, some vanish
+  h_ref, p_ref, loss_ref = _np_network(params, batch.xs, batch.mask, batch.h0, _e0s(batch),
+                                       batch.p0s, cfg)
+  out = jax.jit(lambda p, b: L.forward(p, b, cfg))(params, batch)
+  np.testing.assert_allclose(out.h, h_ref, atol=2e-5)
+  for p, pr in zip(out.ps, p_ref):
+    np.testing.assert_allclose(p, pr, atol=2e-4)
+  np.testing.assert_allclose(L.loss_fn(params, batch, cfg)[0], loss_ref, rtol=1e-5)
+  hd = L.forward_dense(params, batch.xs, batch.mask, batch.h0, _e0s(batch), batch.p0s, cfg)[0]
+  np.testing.assert_allclose(hd, h_ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("grad", ["stop", "svd"])
+def test_factored_gradient_equals_explicit_network(grad):
+  mask = np.ones((90, 3), np.float32)
+  mask[::5, 2] = 0
+  _, batch = _small_batch(jnp.asarray(mask, bool))
+  cfg = L.Config(procrustes_grad=grad)
+  params = dict(_params(batch, cfg), rho=_params(batch, cfg)["rho"] * np.float32(0.8))
+  e0s = _e0s(batch)
+
+  def dense_loss(p):
+    h, _, ps = L.forward_dense(p, batch.xs, batch.mask, batch.h0, e0s, batch.p0s, cfg)
+    return L.reconstruction_loss(h, batch.xs, ps, batch.mask)[0]
+
+  g_ref = jax.grad(dense_loss)(params)
+  g = jax.grad(lambda p: L.loss_fn(p, batch, cfg)[0])(params)
+  for k in params:
+    scale = float(jnp.abs(g_ref[k]).max()) + 1e-6
+    np.testing.assert_allclose(g[k], g_ref[k], atol=1e-4 * scale + 1e-7, err_msg=k)
+
+
+def test_start_values_match_numpy():
+  d = scale_views(builtin.blobs(n_samples=60, n_clusters=3, n_features=4, n_views=2, seed=1),
+                  "minmax")
+  mask = np.ones((60, 2), bool)
+  mask[::6, 0] = False
+  xs, mk = L.prepare(Views.of(d.replace(mask=mask)))
+  labels = np.arange(60) % 4
+  cfg = L.Config()
+  batch, params = L.start(xs, mk, jnp.asarray(labels), m=4, cfg=cfg)
+  h0 = np.eye(4)[labels]
+  for v, x in enumerate(xs):
+    x = np.asarray(x, np.float64)
+    b, _, ct = np.linalg.svd(h0.T @ (mask[:, v:v + 1] * x), full_matrices=False)
+    p0 = b @ ct
+    np.testing.assert_allclose(batch.p0s[v], p0, atol=1e-5)
+    np.testing.assert_allclose(batch.g0[:, v], x @ p0.T, atol=1e-5)
+    np.testing.assert_allclose(batch.xx[:, v], mask[:, v] * (x ** 2).sum(1), rtol=1e-6)
+    resid = np.linalg.norm(x - h0 @ p0, axis=1)[mask[:, v]]
+    np.testing.assert_allclose(params["rho"][:, v], np.median(resid), rtol=1e-4)   # rho_init
+  for v, x in enumerate(xs):                                         # E0 = X - H0 P0: (X - E0) P0^T
+    np.testing.assert_allclose(batch.t0[:, v], mask[:, v:v + 1] * (h0 @ batch.p0s[v] @ batch.p0s[v].T)
+                               + (~mask[:, v:v + 1]) * batch.g0[:, v], atol=1e-5)
+  np.testing.assert_allclose(params["U"], np.eye(4) / 2, atol=1e-5)                  # L_p = V = 2
+
+
+def test_standardized_concat_matches_numpy():
+  rng = np.random.default_rng(4)
+  xs = (rng.normal(2, 3, size=(40, 5)).astype(np.float32),
+        rng.normal(size=(40, 3)).astype(np.float32))
+  xs[1][:, 2] = 1.5                                                  # a constant feature
+  mask = np.ones((40, 2), np.float32)
+  mask[::3, 0] = 0
+  out = np.asarray(L.standardized_concat(tuple(jnp.asarray(x) for x in xs), jnp.asarray(mask)))
+  for v, (x, sl) in enumerate(zip(xs, (slice(0, 5), slice(5, 8)))):
+    pres = mask[:, v] > 0
+    sd = x[pres].std(0)
+    ref = (x - x[pres].mean(0)) / np.where(sd > 0, sd, 1) / np.sqrt(x.shape[1])
+    np.testing.assert_allclose(out[pres, sl], ref[pres], atol=1e-5)
+    assert np.all(out[~pres, sl] == 0)
+
+
+def test_fit_compiles_nothing_twice(caplog):
+  """One LargeMvC fit: every jitted function is compiled once per shape (the final k-means
+  shares the initial one's program when m = c)."""
+  d = builtin.blobs(n_samples=150, n_clusters=3, n_features=6, n_views=2, seed=5)
+  est = get_estimator("largemvc")(n_clusters=3, random_state=7, epochs=3, knn_k=6)
+  with caplog.at_level("WARNING"), jax.log_compiles(True):
+    est.fit(list(d.views))
+  msgs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling ")]
+  assert len(set(msgs)) == len(msgs), [m[:120] for m in msgs if msgs.count(m) > 1]
+  assert est.fit_info_["timing"]["train"]["n_compiles"] == 1
 
 
 def test_missing_entries_have_no_influence():
   mask = simulate_missing(0, 90, 3, 0.5)
   cfg = L.Config(n_layers=2)
   d, batch = _small_batch(mask)
-  params = L.init_params(batch.p0s, batch.e0s, batch.mask, cfg)
-  h, _, ps = L.forward(params, batch, cfg)
+  params = _params(batch, cfg)
+  out = L.forward(params, batch, cfg)
   loss = L.loss_fn(params, batch, cfg)[0]
-  # junk where views are missing (prepare zeroes it; the network must also ignore it)
+  # junk where views are missing (prepare zeroes it; the network must also ignore it), in the
+  # data and in everything derived from it (||X_v,i||^2, X_v P_v^T)
   junk = tuple(jnp.where(batch.mask[:, v:v + 1] > 0, x, 1e3) for v, x in enumerate(batch.xs))
-  b2 = batch._replace(xs=junk)
-  h2, _, ps2 = L.forward(params, b2, cfg)
-  np.testing.assert_allclose(h2, h, atol=1e-5)
+  b2 = L.make_consts(junk, batch.mask, batch.h0, batch.p0s, "residual")
+  b2 = b2._replace(xx=jnp.where(batch.mask > 0, b2.xx, 1e7))
+  out2 = L.forward(params, b2, cfg)
+  np.testing.assert_allclose(out2.h, out.h, atol=1e-5)
+  for p2, p in zip(out2.ps, out.ps):
+    np.testing.assert_allclose(p2, p, atol=1e-5)
   np.testing.assert_allclose(L.loss_fn(params, b2, cfg)[0], loss, rtol=1e-6)
-  chex.assert_tree_all_finite((h2, ps2))
+  chex.assert_tree_all_finite((out2.h, out2.ps))
+  # the explicit network ignores it too
+  hd = L.forward_dense(params, junk, batch.mask, batch.h0, _e0s(batch), batch.p0s, cfg)[0]
+  np.testing.assert_allclose(hd, out.h, atol=1e-5)
 
 
 def test_mask_changes_nothing_for_complete_samples_given_p():
@@ -153,7 +309,7 @@ def test_mask_changes_nothing_for_complete_samples_given_p():
   mask[::4, 1] = 0                              # some samples lose view 1
   complete = mask.all(axis=1)
   cfg = L.Config()
-  params = L.init_params(full.p0s, full.e0s, full.mask, cfg)
+  params = _params(full, cfg)
   args = (params["R"], params["U"], params["theta"][0])
   es = tuple(0.1 * jnp.sin(x) for x in full.xs)   # any E: the rows of present views count
   h_full = L.represent(full.h0, full.xs, es, full.p0s, full.mask, *args)
@@ -171,7 +327,7 @@ def test_mask_changes_nothing_for_complete_samples_given_p():
 def test_variants_train_steps_finite_and_loss_decreases(variant):
   cfg = L.Config(variant=variant, epochs=5, procrustes_grad="svd" if variant == "amvc" else "stop")
   _, batch = _small_batch(variant=variant)
-  params = L.init_params(batch.p0s, batch.e0s, batch.mask, cfg)
+  params = _params(batch, cfg)
   run = quiet_run()
   params, h, info = L.train(batch, params, cfg, run=run, n=90)
   chex.assert_shape(h, (90, 3))
@@ -180,8 +336,7 @@ def test_variants_train_steps_finite_and_loss_decreases(variant):
   assert len(losses) == 5 and losses[-1] < losses[0]
   assert info["n_devices"] == 1 and info["timing"]["train"]["epoch_s"] > 0
   if variant == "rmvc":   # no AnchorModule: P stays the initial P0
-    _, _, ps = L.forward(params, batch, cfg)
-    for p, p0 in zip(ps, batch.p0s):
+    for p, p0 in zip(L.forward(params, batch, cfg).ps, batch.p0s):
       np.testing.assert_array_equal(p, p0)
 
 

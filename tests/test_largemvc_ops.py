@@ -9,7 +9,7 @@ import pytest
 
 from clustering_jax.data.missing import simulate_missing
 from clustering_jax.ops import spectral
-from clustering_jax.ops.unfolding import procrustes, row_shrink, soft_threshold
+from clustering_jax.ops.unfolding import procrustes, row_shrink, shrink_scale, soft_threshold
 
 
 def _selu(x):
@@ -64,6 +64,20 @@ def test_row_shrink_is_l21_prox():
   obj = lambda e: 0.5 * np.sum((e - a) ** 2) + rho * np.sum(np.linalg.norm(e, axis=1))
   for _ in range(20):
     assert obj(out) <= obj(out + 0.05 * rng.normal(size=a.shape)) + 1e-6
+
+
+def test_shrink_scale_is_the_factor_of_row_shrink():
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(8, 5)).astype(np.float32)
+  a[1] = 0.0
+  a[4] *= 0.05
+  for act, rho in (("relu", 0.9), ("selu", 0.9), ("relu", -0.3)):
+    c = shrink_scale(np.sum(a * a, axis=1, keepdims=True), rho, activation=act)
+    np.testing.assert_allclose(c * a, row_shrink(a, rho, activation=act), atol=1e-6)
+    assert float(c[1, 0]) == 0.0                                   # a zero row: factor 0
+  nrm = np.linalg.norm(a, axis=1)
+  np.testing.assert_allclose(shrink_scale(nrm ** 2, 0.9),
+                             np.where(nrm > 0.9, 1 - 0.9 / np.where(nrm > 0, nrm, 1), 0), atol=1e-6)
 
 
 def test_row_shrink_matrix_mode_and_row_weight():
@@ -174,6 +188,71 @@ def test_spectral_embedding_separates_blobs(method):
   np.testing.assert_allclose(np.asarray(evals), [1.0, 1.0], atol=1e-3)
   e = np.asarray(emb)
   assert np.abs(e[y == 0] @ e[y == 1].T).max() < 1e-2
+
+
+def _low_rank_plus_noise(n=400, d=60, k=6, seed=0):
+  rng = np.random.default_rng(seed)
+  u = np.linalg.qr(rng.normal(size=(n, k)))[0]
+  v = np.linalg.qr(rng.normal(size=(d, k)))[0]
+  x = (u * np.linspace(40, 20, k)) @ v.T + 0.05 * rng.normal(size=(n, d))
+  return x.astype(np.float32)
+
+
+def test_orthonormalize_spans_the_columns_even_when_ill_conditioned():
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(50, 8)) * np.logspace(0, -5, 8)            # condition number ~1e5
+  w = w.astype(np.float32)
+  q = np.asarray(jax.jit(spectral.orthonormalize)(jnp.asarray(w)), np.float64)
+  np.testing.assert_allclose(q.T @ q, np.eye(8), atol=2e-5)
+  # same span: projecting w on span(q) gives w back (relative to each column's size)
+  resid = w - q @ (q.T @ w)
+  assert np.all(np.linalg.norm(resid, axis=0) <= 1e-3 * np.linalg.norm(w, axis=0))
+
+
+def test_principal_subspace_matches_numpy_svd():
+  x = _low_rank_plus_noise()
+  w = np.asarray(spectral.principal_subspace(jax.random.key(0), jnp.asarray(x), 6), np.float64)
+  chex.assert_shape(w, (60, 6))
+  np.testing.assert_allclose(w.T @ w, np.eye(6), atol=1e-5)
+  vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)[2][:6]
+  cosines = np.linalg.svd(vt @ w, compute_uv=False)               # of the principal angles
+  assert cosines.min() > 0.9999
+  # project: distances are those of x projected on the top-6 principal subspace
+  y = np.asarray(spectral.project(jax.random.key(0), jnp.asarray(x), 6))
+  ref = x @ vt.T
+  dy = np.linalg.norm(y[:, None] - y[None], axis=-1)
+  dref = np.linalg.norm(ref[:, None] - ref[None], axis=-1)
+  np.testing.assert_allclose(dy, dref, atol=1e-2 * dref.max())
+
+
+def test_knn_indices_equal_brute_force():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(70, 4)).astype(np.float32)
+  idx = np.asarray(spectral.knn_indices(jnp.asarray(x), 5, block=16))
+  d = ((x[:, None] - x[None]) ** 2).sum(-1)
+  np.fill_diagonal(d, np.inf)
+  ref = np.argsort(d, axis=1)[:, :5]
+  np.testing.assert_array_equal(np.sort(idx, 1), np.sort(ref, 1))
+
+
+@pytest.mark.parametrize("method", ["knn", "anchor"])
+def test_spectral_embedding_on_principal_subspace(method):
+  rng = np.random.default_rng(2)
+  x, y = _two_blobs()
+  x = np.concatenate([x, 0.1 * rng.normal(size=(120, 20))], axis=1).astype(np.float32)
+  emb, evals = spectral.spectral_embedding(jax.random.key(0), jnp.asarray(x), 2, method=method,
+                                           k=5, n_anchors=20, s=3, n_dims=3)
+  e = np.asarray(emb)
+  assert np.abs(e[y == 0] @ e[y == 1].T).max() < 1e-2
+  np.testing.assert_allclose(np.asarray(evals), [1.0, 1.0], atol=1e-3)
+  # n_dims >= d: the features as given
+  full = spectral.spectral_embedding(jax.random.key(0), jnp.asarray(x), 2, method=method, k=5,
+                                     n_anchors=20, s=3)
+  same = spectral.spectral_embedding(jax.random.key(0), jnp.asarray(x), 2, method=method, k=5,
+                                     n_anchors=20, s=3, n_dims=23)
+  np.testing.assert_array_equal(full[0], same[0])
+  with pytest.raises(ValueError, match="n_dims"):
+    spectral.spectral_embedding(jax.random.key(0), jnp.asarray(x), 2, n_dims=0)
 
 
 def test_anchor_embedding_matches_dense_reference():

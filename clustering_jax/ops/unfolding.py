@@ -4,6 +4,7 @@ Pure array functions:
   * `soft_threshold`   S_theta(a) = sigma(a - theta) - sigma(-a - theta)        (Eq. 11)
   * `row_shrink`       D_rho(a_i) = sigma(||a_i|| - rho) / ||a_i|| * a_i       (Eq. 12)
                        row-wise (the l2,1 prox) or, as a switch, on the whole matrix
+  * `shrink_scale`     the factor sigma(||a_i|| - rho) / ||a_i|| of D_rho from squared norms
   * `procrustes`       P = B C^T from SVD(M) = B Sigma C^T maximizes tr(P^T M)  (Eq. 9-10, 13)
 """
 
@@ -71,15 +72,31 @@ def row_shrink(a: jax.Array, rho, *, activation: str = "relu", mode: str = "row"
     raise ValueError(f"row_shrink needs (n, d), got shape {a.shape}")
   if mode not in SHRINK_MODES:
     raise ValueError(f"mode must be one of {SHRINK_MODES}, got {mode!r}")
-  sigma = _activation(activation)
   if row_weight is not None:
     a = a * row_weight[:, None]
   sq = jnp.sum(a * a, axis=1, keepdims=True)
   if mode == "matrix":
     sq = jnp.sum(sq, keepdims=True)
+  return shrink_scale(sq, rho, activation=activation) * a
+
+
+def shrink_scale(sq: jax.Array, rho, *, activation: str = "relu") -> jax.Array:
+  """The factor D_rho of Eq. 12 multiplies a row by, from its squared norm.
+
+  D_rho(a) = c a with c = sigma(||a|| - rho) / ||a|| where ||a|| > rho, else 0; c = 0 for a
+  zero row too (any factor leaves it zero). Knowing c alone is enough to apply D_rho to a
+  row known only through products, as LargeMvC-Net's factored NoiseModule does.
+
+  Args:
+    sq: squared norms ||a||^2, any shape (values <= 0 count as 0). rho: scalar or
+      broadcastable threshold.
+  Returns:
+    c, of sq's shape.
+  """
+  sigma = _activation(activation)
   norm = _safe_norm(sq)
-  scale = jnp.where(norm > rho, sigma(norm - rho) / jnp.where(norm > 0, norm, 1.0), 0.0)
-  return scale * a
+  live = (norm > rho) & (norm > 0)
+  return jnp.where(live, sigma(norm - rho) / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
 def procrustes(m: jax.Array, *, grad: str = "stop") -> jax.Array:
