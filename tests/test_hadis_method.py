@@ -54,7 +54,7 @@ def test_registry_defaults_and_validation():
   assert (cfg.ema, cfg.lam, cfg.eps, cfg.tau_h, cfg.tau_p) == (0.996, 0.1, 0.001, 0.5, 0.5)
   assert (cfg.split, cfg.negatives, cfg.proj_hidden, cfg.proj_dim) == ("paper", "teacher", 4096,
                                                                        256)
-  assert cfg.warmup == 50 and dataclasses.replace(cfg, epochs=60).warmup == 3
+  assert cfg.warmup == 50 and dataclasses.replace(cfg, epochs=50).warmup == 3
   assert dataclasses.replace(cfg, warmup_epochs=7).warmup == 7
   for bad in (dict(split="both"), dict(negatives="x"), dict(ema=1.5), dict(lr=0.0),
               dict(warmup_epochs=-1), dict(backbone="vit"), dict(widths=(8, 0))):

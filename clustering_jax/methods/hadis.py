@@ -19,6 +19,7 @@ One stage, "train", on `train.engine`. Defaults and departures: docs/methods/had
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import jax
@@ -54,7 +55,8 @@ class Config:
     rotate_shift adds a random rotation (±10°) and shift (±10 %) first.
   epochs, batch_size: 1000 and 256 (§IV-A; 128 for STL-10 and the ImageNet subsets).
   lr: base rate, scaled to lr·B/256; linear warm-up from 0 over warmup_epochs, then cosine
-    to 0 at the last step. warmup_epochs None: round(0.05·epochs) (the paper's 50 of 1000).
+    to 0 at the last step. warmup_epochs None: 0.05·epochs rounded half up (the paper's 50
+    of 1000).
   momentum, weight_decay: SGD momentum 0.9, decay 5e-4 on every parameter (the code).
   predictor_lr_mult: the predictor's rate ×10 (§IV-A).
   ema, ema_schedule: α of Eq. 12 (0.996); "constant" or "cosine" (BYOL's ramp to 1, the
@@ -123,8 +125,10 @@ class Config:
 
   @property
   def warmup(self) -> int:
-    """Warm-up epochs: warmup_epochs, or round(0.05·epochs) when it is None."""
-    return int(round(0.05 * self.epochs)) if self.warmup_epochs is None else int(self.warmup_epochs)
+    """Warm-up epochs: warmup_epochs, or 0.05·epochs rounded half up when it is None."""
+    if self.warmup_epochs is None:
+      return int(math.floor(0.05 * self.epochs + 0.5))
+    return int(self.warmup_epochs)
 
 
 # -- networks and augmentation -----------------------------------------------------------
@@ -307,8 +311,8 @@ def images_of(data: Views) -> np.ndarray:
 def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array,
         run: Run) -> FitResult:
   """Trains HaDis on the images of `data`; labels: k-means on the final teacher's features."""
+  config.validate()
   cfg = dataclasses.replace(config, widths=tuple(int(w) for w in config.widths))
-  cfg.validate()
   x_np = images_of(data)
   n, shape, k = x_np.shape[0], x_np.shape[1:], int(n_clusters)
   enc, pred = make_nets(cfg, shape)
