@@ -235,6 +235,27 @@ def test_knn_indices_equal_brute_force():
   np.testing.assert_array_equal(np.sort(idx, 1), np.sort(ref, 1))
 
 
+def test_knn_embedding_dense_and_lobpcg_match_numpy_eigh():
+  rng = np.random.default_rng(8)
+  x = np.concatenate([rng.normal(0, 1, (100, 3)), rng.normal(4, 1.5, (80, 3)),
+                      rng.normal(-5, 0.7, (120, 3))]).astype(np.float32)
+  k, c = 6, 3
+  idx = np.asarray(spectral.knn_indices(jnp.asarray(x), k))
+  a = np.zeros((300, 300))
+  a[np.repeat(np.arange(300), k), idx.ravel()] = 1.0
+  w = 0.5 * (a + a.T)
+  dinv = 1 / np.sqrt(w.sum(1))
+  vals, vecs = np.linalg.eigh(dinv[:, None] * w * dinv[None])
+  ref_vals, ref = vals[::-1][:c], vecs[:, ::-1][:, :c]
+  ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+  emb, ev = spectral.knn_spectral_embedding(jax.random.key(0), jnp.asarray(x), c, k=k)  # dense
+  np.testing.assert_allclose(ev, ref_vals, atol=1e-5)
+  np.testing.assert_allclose(np.abs(np.asarray(emb)), np.abs(ref), atol=1e-3)  # column signs
+  emb2, ev2 = spectral.knn_spectral_embedding(jax.random.key(0), jnp.asarray(x), c, k=k,
+                                              dense_max_n=0)                  # LOBPCG
+  np.testing.assert_allclose(ev2, ref_vals, atol=1e-3)
+
+
 @pytest.mark.parametrize("method", ["knn", "anchor"])
 def test_spectral_embedding_on_principal_subspace(method):
   rng = np.random.default_rng(2)

@@ -4,9 +4,9 @@ Two graphs, both stored sparsely as (n, k) neighbour indices and weights:
 
 * `knn_spectral_embedding`: the symmetric kNN connectivity graph W = (A + A^T) / 2,
   A_ij = 1 if j is one of the k nearest neighbours of i (`knn_indices`, row-blocked,
-  O(n * block) memory; the kNN search itself is O(n^2 d) time). The top eigenvectors of the normalized
-  adjacency D^-1/2 W D^-1/2 come from LOBPCG with sparse mat-vecs (gather for A, segment
-  sum for A^T): O(n k c) per iteration.
+  O(n * block) memory; the kNN search itself is O(n^2 d) time). The top eigenvectors of the
+  normalized adjacency D^-1/2 W D^-1/2 come from LOBPCG with sparse mat-vecs (gather for A,
+  segment sum for A^T): O(n k c) per iteration; up to 2,048 points from a dense eigensolver.
 * `anchor_spectral_embedding`: the anchor (landmark) graph W = Z diag(Z^T 1)^-1 Z^T, Z the
   (n, p) row-stochastic affinities of each point to its s nearest of p anchors (anchors
   from k-means on a subsample; adaptive-neighbour weights with a per-point scale). Its eigenvectors are the left singular vectors of
@@ -103,10 +103,14 @@ def _sym_knn_matvec(idx: jax.Array, inv_sqrt_deg: jax.Array):
   return mv
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "k", "block", "n_iter"))
+@functools.partial(jax.jit, static_argnames=("n_components", "k", "block", "n_iter",
+                                             "dense_max_n"))
 def knn_spectral_embedding(key: jax.Array, x: jax.Array, n_components: int, *, k: int = 10,
-                           block: int = 1024, n_iter: int = 200):
+                           block: int = 1024, n_iter: int = 200, dense_max_n: int = 2048):
   """Top eigenvectors of the normalized symmetric kNN connectivity graph.
+
+  Up to dense_max_n points the graph is formed as a dense (n, n) matrix and solved exactly
+  (`eigh`: O(n^3), small to compile); above, by LOBPCG on sparse mat-vecs.
 
   Args:
     key: PRNG key (LOBPCG start). x: (n, d) points. n_components: c.
@@ -119,8 +123,13 @@ def knn_spectral_embedding(key: jax.Array, x: jax.Array, n_components: int, *, k
   k = min(k, n - 1)
   idx = knn_indices(x, k, block=block)
   indeg = jax.ops.segment_sum(jnp.ones(n * k, x.dtype), idx.reshape(-1), num_segments=n)
-  deg = 0.5 * (k + indeg)
-  mv = _sym_knn_matvec(idx, 1.0 / jnp.sqrt(deg))
+  inv_sqrt_deg = 1.0 / jnp.sqrt(0.5 * (k + indeg))
+  if n <= dense_max_n:
+    a = jnp.zeros((n, n), x.dtype).at[jnp.repeat(jnp.arange(n), k), idx.reshape(-1)].set(1.0)
+    m = inv_sqrt_deg[:, None] * (0.5 * (a + a.T)) * inv_sqrt_deg[None, :]
+    vals, vecs = jnp.linalg.eigh(m)                                    # ascending
+    return normalize(vecs[:, ::-1][:, :n_components]), vals[::-1][:n_components]
+  mv = _sym_knn_matvec(idx, inv_sqrt_deg)
   # Shift to (I + M) / 2, eigenvalues in [0, 1], so "top" means the cluster eigenvectors.
   op = lambda v: 0.5 * (v + mv(v))
   n_vec = max(n_components + 2, min(2 * n_components, (n - 1) // 5))
@@ -220,7 +229,10 @@ def spectral_embedding(key: jax.Array, x: jax.Array, n_components: int, *,
   return anchor_spectral_embedding(key, x, n_components, n_anchors=n_anchors, s=s)
 
 
-@functools.partial(jax.jit, static_argnames="rank")
+# It runs once per fit: XLA's backend optimization level 0 halves its compile time and leaves
+# its run time (library matmuls) about the same.
+@functools.partial(jax.jit, static_argnames="rank",
+                   compiler_options={"xla_backend_optimization_level": 0})
 def project(key: jax.Array, x: jax.Array, rank: int) -> jax.Array:
   """Coordinates x W (n, rank) of x in its top-rank principal subspace (`principal_subspace`;
   the principal components up to a rotation when x is centred)."""
