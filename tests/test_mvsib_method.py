@@ -26,7 +26,7 @@ TINY = dict(hidden=(16, 16, 32), latent=8, pretrain_epochs=2, epochs=3, e_w=1, e
             batch_size=64, k=3, kmeans_n_init=2)
 LOGGED = ("loss", "l_c", "l_feat", "l_u", "l_push", "l_pull", "l_cross", "l_imb", "mmd", "rep",
           "bnd", "term_cluster_feat_u", "term_hn", "term_cross", "term_imb", "phase", "p_e",
-          "n_uncertain", "n_undecided", "n_fn", "n_hn", "hn_rate", "rc", "theta_mean",
+          "n_uncertain", "n_undecided", "n_fn", "n_hn", "hn_rate", "rc", "rc_n", "theta_mean",
           "theta_max", "n_minority", "n_pseudo", "label_change", "gate_hn", "u_bar")
 
 
@@ -121,6 +121,7 @@ def test_smoke_fit_shapes_logs_and_one_compile(smoke, blobs):
   assert rows[2]["n_undecided"] == 0                  # undecided only while e <= E_c
   assert all(r["n_minority"] >= 1 and r["n_pseudo"] > 0 for r in rows)  # the 8-sample blob
   assert 0 <= rows[2]["rc"] <= 1 and 0 <= rows[2]["hn_rate"] <= 1
+  assert rows[1]["rc_n"] == 0 and rows[1]["rc"] == 0   # nothing routed in the epoch before
   assert all(r["theta_max"] <= 1 for r in rows)
   # well-separated blobs: the start and the final model both find them
   assert metrics.accuracy(blobs.labels, res.init_labels) > 0.9

@@ -208,7 +208,10 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, global_graph: bool):
       sigma = M.median_bandwidth(zc, weights=w)                           # σ, σ_r of Eq. 34-36
       mmd = M.mmd_per_cluster(zc, labels, ps, sigma=sigma, weights=w)     # Eq. 35
       rep = M.repulsion_loss(ps, sigma_r=sigma)                           # Eq. 36
-      lam = M.amplified_cov_max_eig(zc, labels, C, n_pseudo=cfg.n_pseudo, weights=w)
+      lam = jax.lax.cond(jnp.any(ps.weight > 0),      # λ_max(Σ'_c): eigvalsh only when needed
+                         lambda: M.amplified_cov_max_eig(zc, labels, C, n_pseudo=cfg.n_pseudo,
+                                                         weights=w),
+                         lambda: jnp.zeros((C,), zc.dtype))
       r_max, r_min = M.safety_radii(lam, c["centers_c"])                  # Theorem B
       bnd = M.boundary_loss(ps, c["centers_c"], r_max=r_max, r_min=r_min)  # Eq. 37
       imb = M.imbalance_loss(mmd, rep, bnd, lambda_mmd=cfg.lambda_mmd,    # Eq. 38
@@ -367,13 +370,14 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
     state, m = scan(state, consts, idx, w, k_steps)                            # lines 6-15
     codes, prev, t_max = jax.device_get((state.extra["codes"], state.extra["prev_codes"],
                                          state.extra["theta_max"]))
-    rc, _ = R.routing_consistency(jnp.asarray(prev), jnp.asarray(codes))         # §4.10
+    rc, rc_n = R.routing_consistency(jnp.asarray(prev), jnp.asarray(codes))      # §4.10
     e, curr = epoch + 1, cfg.use_curriculum
     nb = idx.shape[0]
     metrics = {**m, "phase": 1 + int(e > cfg.e_w * curr) + int(e > cfg.e_c * curr),
                "p_e": float(U.uncertain_ratio(e, cfg.epochs, cfg.p0)) if curr else cfg.p0,
                "n_fn": int(np.sum(codes == 1)), "n_hn": int(np.sum(codes == 0)),
                "hn_rate": float(R.hn_trigger_rate(jnp.asarray(codes))), "rc": float(rc),
+               "rc_n": int(rc_n),
                "theta_mean": m["theta_sum"] / max(m["theta_cnt"], 1e-12),
                "theta_max": float(t_max), "n_minority": int(np.sum(cl["minority"])),
                "n_pseudo": m["n_pseudo"] * nb, "n_uncertain": m["n_uncertain"] * nb,
