@@ -32,7 +32,7 @@ import optax
 from clustering_jax.methods.base import FitResult, Views, in_range, one_of
 from clustering_jax.ops.distances import dot_hi
 from clustering_jax.ops.kmeans import kmeans
-from clustering_jax.ops.spectral import spectral_embedding
+from clustering_jax.ops.spectral import DENSE_MAX_N, spectral_embedding
 from clustering_jax.ops.unfolding import (ACTIVATIONS, GRAD_POLICIES, SHRINK_MODES, procrustes,
                                           row_shrink, shrink_scale, soft_threshold)
 from clustering_jax.train import engine
@@ -61,8 +61,8 @@ class Config:
   theta_init: float = 0.1            # theta = alpha / L_p at init (alpha not given in the paper)
   rho_init: Union[float, str] = "median"  # rho_v = beta / L_q at init; "median": median residual row norm
   spectral_graph: str = "auto"       # init graph: auto | knn | anchor (ops.spectral)
-  init_dims: Optional[int] = 128     # init graph on the top init_dims principal components
-                                     # (randomized SVD); None: on all features (the old init)
+  init_dims: Optional[int] = 128     # above 2,048 samples the init graph is built on the top
+                                     # init_dims principal components; None: on all features
   init_standardize: bool = True      # init features: z-scored, views weighted 1/sqrt(d_v) | as given
   knn_k: int = 10                    # neighbours of the init kNN graph
   kmeans_n_init: int = 10            # restarts of every k-means (init and final)
@@ -417,8 +417,11 @@ def initialize(key, xs, mask, n_clusters: int, cfg: Config):
     z = standardized_concat(xs, mask)
   else:  # the (min-max) scaled views side by side, missing blocks at 0
     z = jnp.concatenate([mask[:, v:v + 1] * x for v, x in enumerate(xs)], axis=1)
+  # Up to DENSE_MAX_N samples the graph is exact (all features, dense eigensolver) and cheap;
+  # above, it is built on the top init_dims principal components (the O(n^2 d) kNN search).
+  n_dims = cfg.init_dims if z.shape[0] > DENSE_MAX_N else None
   emb, evals = spectral_embedding(k_emb, z, n_clusters, method=cfg.spectral_graph, k=cfg.knn_k,
-                                  n_dims=cfg.init_dims)
+                                  n_dims=n_dims)
   init = kmeans(k_km, emb, n_clusters, n_init=cfg.kmeans_n_init)
   labels_m = init.labels if m == n_clusters else kmeans(
       k_km2, emb, m, n_init=cfg.kmeans_n_init).labels  # m > c anchors: k-means with m centers

@@ -31,6 +31,8 @@ from clustering_jax.ops.distances import dot_hi, map_row_blocks, sq_dists
 from clustering_jax.ops.kmeans import kmeans, normalize
 
 METHODS = ("auto", "knn", "anchor")
+#: up to this many points the kNN graph's eigenvectors come from a dense eigensolver (exact).
+DENSE_MAX_N = 2048
 
 
 def orthonormalize(w: jax.Array) -> jax.Array:
@@ -106,7 +108,8 @@ def _sym_knn_matvec(idx: jax.Array, inv_sqrt_deg: jax.Array):
 @functools.partial(jax.jit, static_argnames=("n_components", "k", "block", "n_iter",
                                              "dense_max_n"))
 def knn_spectral_embedding(key: jax.Array, x: jax.Array, n_components: int, *, k: int = 10,
-                           block: int = 1024, n_iter: int = 200, dense_max_n: int = 2048):
+                           block: int = 1024, n_iter: int = 200,
+                           dense_max_n: int = DENSE_MAX_N):
   """Top eigenvectors of the normalized symmetric kNN connectivity graph.
 
   Up to dense_max_n points the graph is formed as a dense (n, n) matrix and solved exactly
