@@ -1,4 +1,6 @@
-"""The training engine: fixed-shape batches, the scanned epoch, stages, resume."""
+"""The training engine: fixed-shape batches, the scanned epoch, stages, resume, timing."""
+
+import time
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
+from clustering_jax import timing
 from clustering_jax.train import Run
-from clustering_jax.train.engine import (Epoch, ScannedEpoch, epoch_batches, make_embed,
+from clustering_jax.train.engine import (PHASES, Epoch, ScannedEpoch, epoch_batches, make_embed,
                                          new_state, run_stage, timing_info)
 
 
@@ -137,3 +140,39 @@ def test_nan_step_stops_stage_with_last_checkpoint(tmp_path):
   with pytest.raises(NonFiniteError, match="epoch 1"):
     run_stage(run, "fit", _fresh(), 3, epoch_fn, scans=(scan,))
   assert run.latest_epoch("fit") == 0
+
+
+def test_step_is_traced_once_for_both_programs():
+  traces = []
+
+  def step(state, consts, idx, w, key):
+    traces.append(1)
+    return _step(state, consts, idx, w, key)
+
+  epoch, consts = ScannedEpoch(step), _problem()
+  state, _ = epoch(_fresh(), consts, *epoch_batches(np.arange(40), 40, 8), jax.random.key(0))
+  epoch(state, consts, *epoch_batches(np.arange(20), 40, 8), jax.random.key(1))  # lax.cond
+  assert epoch.n_compiles == 2 and len(traces) == 1
+
+
+def test_timing_info_splits_the_fit_into_phases_that_add_up(tmp_path):
+  consts, scan = _problem(), ScannedEpoch(_step)
+
+  def epoch_fn(epoch, state):
+    time.sleep(0.03)
+    state, m = scan(state, consts, *epoch_batches(np.arange(40), 40, 8), jax.random.key(epoch))
+    return Epoch(state, m)
+
+  start = timing.now()
+  time.sleep(0.05)                                              # the starting point
+  state, info = run_stage(Run(tmp_path, checkpoint_every=2), "fit", _fresh(), 3, epoch_fn,
+                          scans=(scan,))
+  time.sleep(0.05)                                              # the read-out
+  assert timing_info({"fit": info})["phases"]["init_s"] is None   # no start: the caller's
+  ph = timing_info({"fit": info}, start=start, done=state.params)["phases"]
+  total = timing.now() - start
+  assert list(ph) == list(PHASES)
+  assert sum(ph.values()) == pytest.approx(total, abs=0.02)
+  assert ph["init_s"] >= 0.045 and ph["readout_s"] >= 0.045 and ph["train_s"] >= 0.085
+  assert ph["compile_s"] > 0 and ph["save_s"] > 0             # the epoch's compile, checkpoints
+  assert ph["train_s"] + ph["compile_s"] + ph["save_s"] <= info["t_end"] - info["t_start"] + 1e-3

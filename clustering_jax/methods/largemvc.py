@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clustering_jax import timing
 from clustering_jax.methods.base import FitResult, Views, in_range, one_of
 from clustering_jax.ops.distances import dot_hi
 from clustering_jax.ops.kmeans import kmeans
@@ -493,7 +494,8 @@ def _new_state(params, lr: float):
 def train(batch: Union[Consts, Batch], params: dict, cfg: Config, *, run: Run, n: int):
   """Full-batch training on the unfolded network (Algorithm 1), stage "train".
 
-  One step per epoch, as the paper; no per-epoch randomness. Returns (params, H, info).
+  One step per epoch, as the paper; no per-epoch randomness. Returns (params, H, info);
+  info["stages"] holds the engine's stage infos (for `engine.timing_info` at the fit's end).
   """
   consts = batch if isinstance(batch, Consts) else make_consts(
       batch.xs, batch.mask, batch.h0, batch.p0s, batch.e0s if cfg.variant == "full" else None)
@@ -509,8 +511,9 @@ def train(batch: Union[Consts, Batch], params: dict, cfg: Config, *, run: Run, n
   state, info = engine.run_stage(run, "train", _new_state(params, cfg.lr), cfg.epochs,
                                  epoch_fn, scans=(scan,))
   h, loss = final_output(state.params, consts, cfg)
-  info = {**engine.timing_info({"train": info}), "n_devices": 1 if mesh is None else mesh.size,
-          "final_loss": float(loss)}
+  stages = {"train": info}
+  info = {**engine.timing_info(stages, done=h), "n_devices": 1 if mesh is None else mesh.size,
+          "final_loss": float(loss), "stages": stages}
   return state.params, (h if h.shape[0] == n else h[:n]), info
 
 
@@ -526,7 +529,7 @@ def prepare(data: Views):
 def fit(data: Views, n_clusters: int, config: Config, *, key, run: Run) -> FitResult:
   """Initialization, full-batch training, k-means on the final H."""
   config.validate()
-  t0 = time.perf_counter()
+  t0, start = time.perf_counter(), timing.now()
   xs, mask = prepare(data)
   n = data.n_samples
   k_init, k_final = jax.random.split(key)
@@ -539,6 +542,7 @@ def fit(data: Views, n_clusters: int, config: Config, *, key, run: Run) -> FitRe
   run.log("final", 0, {"loss": tinfo["final_loss"], "kmeans_inertia": final.inertia},
           labels=labels)
   info.update(tinfo)
+  info.update(engine.timing_info(info.pop("stages"), start=start))   # read-out included
   info.update({"n_anchors": int(h0.shape[1]), "variant": config.variant,
                "theta": np.asarray(params["theta"]).round(5).tolist(),
                "rho": np.asarray(params["rho"]).round(5).tolist(),

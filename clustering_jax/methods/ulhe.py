@@ -306,7 +306,7 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array,
   # Final model: embedding and Eq. 6 assignments with the final w and M.
   z = embed(state.params, x)
   labels, _ = hs.assign_cosine(z, state.extra["centers"])
-  out = {**engine.timing_info({"pretrain": pre_info, "train": info}),
+  out = {**engine.timing_info({"pretrain": pre_info, "train": info}, done=labels),
          "stopped_by_rule": info["stopped_at"] is not None, "stop_epoch": info["stopped_at"],
          "spl_advances": advances}
   params = {"params": {"encoder": state.params, "decoder": params["params"]["decoder"]}}

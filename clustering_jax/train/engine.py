@@ -13,6 +13,8 @@ Every method trains through these pieces:
   mesh axis and everything else is replicated: no sharding code in the methods.
 - `run_stage(run, name, state, n_epochs, epoch_fn)`: restore -> epochs -> log -> save, the
   only copy of that loop; returns the state and the stage's timing summary.
+- `timing_info(stages, start=, done=)`: what a fit reports of its epochs and seconds, the
+  fit's wall time split into init / compile / train / read-out / save (`fit_phases`).
 - `make_embed(fn, block)`: a whole dataset through `fn` in row blocks.
 
 Key convention: a method hands each epoch its epoch key (`epoch_key(stage_key, epoch)`
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
+from clustering_jax import timing
 from clustering_jax.ops.distances import map_row_blocks
 from clustering_jax.train.batching import batch_matrix
 from clustering_jax.train.run import Run
@@ -110,7 +113,9 @@ class ScannedEpoch:
   """
 
   def __init__(self, step_fn: Callable):
-    self._step = step_fn
+    # One trace of the step per shape: `eval_shape` below traces this jitted step and the
+    # scan body's call finds that trace in JAX's cache (XLA inlines the call).
+    self._step = jax.jit(step_fn)
     self._jit = jax.jit(self._epoch, donate_argnums=0, static_argnums=6)
     self._exe: dict = {}
     self.compile_s, self.n_compiles, self.steps, self.step_s = 0.0, 0, 0, 0.0
@@ -184,13 +189,16 @@ def run_stage(run: Run, name: str, state, n_epochs: int, epoch_fn: Callable, *,
   epoch_fn(epoch, state) -> Epoch. A checkpoint is written when due, at the stage's last
   epoch and at a stop; a stage that stopped (a logged row with "stopped") is not resumed.
   info: epochs (run in this call), epoch_s (median wall time of an epoch without
-  compilation), compile_s, steps_per_s and n_compiles of the stage's ScannedEpochs
-  (`scans`), stopped_at.
+  compilation and checkpoint saves), compile_s, steps_per_s and n_compiles of the stage's
+  ScannedEpochs (`scans`), stopped_at; and for `timing_info`: t_start, t_end (`timing.now()`
+  stamps of the stage) and save_s (checkpoint restore and saves).
   """
+  t_start = timing.now()
   restored = run.restore(name, state)
   state, start = restored if restored else (state, 0)
   if restored:
     state = jax.tree.map(jnp.asarray, state)
+  save_s = timing.now() - t_start
   stop_epoch = next((r["epoch"] for r in run.history
                      if r.get("stage") == name and r.get("stopped")), None)
   times = []
@@ -200,8 +208,10 @@ def run_stage(run: Run, name: str, state, n_epochs: int, epoch_fn: Callable, *,
     state = out.state
     metrics = {**out.metrics, **({"stopped": 1} if out.stop else {})}
     run.log(name, epoch, metrics, labels=out.labels)
+    t_save = time.perf_counter()
     run.save(name, epoch, state, force=out.stop or epoch + 1 == n_epochs)
-    times.append(time.perf_counter() - t0 - (sum(s.compile_s for s in scans) - c0))
+    save_s += time.perf_counter() - t_save
+    times.append(t_save - t0 - (sum(s.compile_s for s in scans) - c0))
     if out.stop:
       stop_epoch = epoch
       break
@@ -209,15 +219,53 @@ def run_stage(run: Run, name: str, state, n_epochs: int, epoch_fn: Callable, *,
   info = {"epochs": len(times), "epoch_s": round(float(np.median(times)), 5) if times else None,
           "compile_s": round(sum(s.compile_s for s in scans), 4) if scans else None,
           "steps_per_s": round(steps / step_s, 2) if step_s > 0 else None,
-          "n_compiles": sum(s.n_compiles for s in scans), "stopped_at": stop_epoch}
+          "n_compiles": sum(s.n_compiles for s in scans), "stopped_at": stop_epoch,
+          "t_start": t_start, "t_end": timing.now(), "save_s": save_s}
   return state, info
 
 
-def timing_info(stages: dict) -> dict:
-  """fit_info_ entries from {stage: run_stage info}: the same keys for every method."""
+#: A fit's seconds, split without overlap (`fit_phases`); the same keys for every method.
+PHASES = ("init_s", "compile_s", "train_s", "readout_s", "save_s")
+
+
+def fit_phases(stages: dict, *, start: Optional[float] = None, done: Any = None) -> dict:
+  """A fit's wall time in PHASES, from its stages' run_stage infos; call it at the fit's end.
+
+  compile_s: JAX tracing, lowering and compiling (or cache loads) between `start` and now
+  (`timing.compile_seconds`); the other phases leave it out. train_s: the stages' epochs
+  (pre-training included). save_s: checkpoint saves and restores. readout_s: from the last
+  stage's end to now (the final embedding and labels). init_s: the rest, from `start` (a
+  `timing.now()` stamp at the fit's start) to the first stage and between stages (the starting
+  point). Without `start`, init_s and compile_s are None (the caller, who knows when the fit
+  began, fills them). done: arrays the read-out produced, waited for before the clock is read
+  (JAX runs asynchronously).
+  """
+  if done is not None:
+    jax.block_until_ready(done)
+  end = timing.now()
+  spans = [(v["t_start"], v["t_end"]) for v in stages.values() if "t_start" in v]
+  save = sum(v.get("save_s", 0.0) for v in stages.values())
+  train = sum(e - s - timing.compile_seconds(s, e) for s, e in spans) - save
+  last = max((e for _, e in spans), default=end if start is None else start)
+  out = {"init_s": None, "compile_s": None, "train_s": train,
+         "readout_s": end - last - timing.compile_seconds(last, end), "save_s": save}
+  if start is not None:
+    out["compile_s"] = timing.compile_seconds(start, end)
+    out["init_s"] = (end - start) - sum(v for k, v in out.items() if k != "init_s")
+  return {k: None if v is None else round(max(v, 0.0), 4) for k, v in out.items()}
+
+
+def timing_info(stages: dict, *, start: Optional[float] = None, done: Any = None) -> dict:
+  """fit_info_ entries from {stage: run_stage info}: the same keys for every method.
+
+  epochs: {stage: epochs run}; timing: {stage: {epoch_s, compile_s, steps_per_s,
+  n_compiles}}; phases: `fit_phases(stages, start=start, done=done)`, so call it when the
+  fit's read-out is done.
+  """
   return {"epochs": {k: v["epochs"] for k, v in stages.items()},
           "timing": {k: {t: v[t] for t in ("epoch_s", "compile_s", "steps_per_s", "n_compiles")}
-                     for k, v in stages.items()}}
+                     for k, v in stages.items()},
+          "phases": fit_phases(stages, start=start, done=done)}
 
 
 # -- embedding ---------------------------------------------------------------------------
