@@ -5,7 +5,8 @@ compiled again, so a second run of the same method on data of the same shapes sk
 compiles (seconds on the CPU). Every program is cached, however small or fast to compile.
 
   enable(path=None)  turns the cache on (idempotent; `ClusteringEstimator.fit` calls it)
-  disable()          turns it off for the rest of the process (the CLI's --no-compile-cache)
+  disable()          turns it off for the rest of the process: `experiments/run.py
+                     --no-compile-cache` calls it first (benchmark.py passes the flag on)
   cache_dir()        the directory in use, or None
 
 Environment:

@@ -4,7 +4,8 @@ The CLI (experiments/run.py) is a thin wrapper around `run_experiment`; the
 benchmark harness starts the CLI in fresh processes. Scoring with ground truth
 happens here, after fitting (and in the progress display), never inside training.
 Data without labels gets the label-free scores only (silhouette, cluster sizes).
-The schema of results.json is documented in README.md ("Command line").
+The schema of results.json is documented in README.md ("Command line"), with its `timing`:
+the run's wall time split into phases that do not overlap (`TIMING_KEYS`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from clustering_jax import metrics
+from clustering_jax import timing
 from clustering_jax.api import available_methods, get_estimator
 from clustering_jax.data import DataError, Dataset, load_dataset
 from clustering_jax.plots import plot_curves, plot_embedding
@@ -35,8 +36,11 @@ MULTI_VIEW_METHODS = frozenset({"largemvc", "mvsib"})
 SIL_MAX_SAMPLES = 2000
 SIL_MIN_SAMPLES = 300
 SIL_BUDGET = 1e10
+#: results.json["timing"]: the same keys for every method, seconds that add up to total_s.
+TIMING_KEYS = ("startup_s", "load_s", "init_s", "compile_s", "train_s", "readout_s", "eval_s",
+               "plots_s", "save_s", "total_s")
 
-__all__ = ["SUMMARY_KEYS", "build_estimator", "estimator_params", "format_table",
+__all__ = ["SUMMARY_KEYS", "TIMING_KEYS", "build_estimator", "estimator_params", "format_table",
            "label_free_scores", "load_overrides", "main_error", "normalize_epochs",
            "plot_curves", "plot_embedding", "run_experiment", "schedule", "schedule_help"]
 
@@ -237,22 +241,53 @@ def write_json(path: Path, obj) -> None:
   path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+class _Laps:
+  """Consecutive windows of a run on the `timing.now()` clock: each lap's seconds without
+  the JAX compile work inside it, which is summed apart (compile_s)."""
+
+  def __init__(self, t: float):
+    self.t, self.compile_s = t, 0.0
+
+  def lap(self) -> float:
+    t = timing.now()
+    c = timing.compile_seconds(self.t, t)
+    out, self.t = t - self.t - c, t
+    self.compile_s += c
+    return out
+
+
+def fit_split(fit_s: float, info: dict) -> dict:
+  """A fit's compile-free seconds fit_s as init_s, train_s, readout_s and save_s, from the
+  method's fit_info_["phases"] (`train.engine.timing_info`): train, read-out and checkpoint
+  seconds as the method measured them, init the rest (input preparation and the starting
+  point). A method without phases (kmeans, spectral: no training) is all read-out."""
+  ph = info.get("phases") or {}
+  if not isinstance(ph, dict) or ph.get("readout_s") is None:
+    return {"init_s": 0.0, "train_s": 0.0, "readout_s": fit_s, "save_s": 0.0}
+  part = {k: min(float(ph.get(k) or 0.0), fit_s) for k in ("train_s", "readout_s", "save_s")}
+  return {"init_s": max(fit_s - sum(part.values()), 0.0), **part}
+
+
 def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
                    data_dir: Optional[str] = None, epochs: Optional[int] = None,
                    pretrain_epochs: Optional[int] = None, n_clusters: Optional[int] = None,
                    overrides: Optional[dict] = None, quiet: bool = True,
                    checkpoint_every: int = 0, download: bool = False,
                    max_samples: Optional[int] = None, missing_rate: float = 0.0,
-                   argv: Optional[list] = None) -> dict:
+                   argv: Optional[list] = None, started: Optional[float] = None) -> dict:
   """Runs one method on one dataset and writes the run directory `out`. Returns results.
 
   n_clusters (--n-clusters, else `n_clusters` in the overrides) overrides the data's class
   count, and is required for data without labels. Parameters are checked, the data loaded
   and the estimator built before the run directory is made; a validation error that ends
   fit before its first epoch removes the directory again if this run made it.
+  started: when the process started (a `timing.now()` stamp, the CLI's); the seconds from
+  it to this call are results.json's timing.startup_s (0 without).
   """
   import jax
+  t_run = timing.now()
   t0 = time.perf_counter()
+  laps = _Laps(t_run)
   params = estimator_params(method, seed=seed, epochs=epochs, pretrain_epochs=pretrain_epochs,
                             n_clusters=n_clusters, overrides=overrides)
   try:
@@ -289,11 +324,13 @@ def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
   y = data.labels
   score_fn = None
   if y is not None:
+    from clustering_jax import metrics
     score_fn = lambda pred: {"acc": metrics.accuracy(y, pred), "nmi": metrics.nmi(y, pred)}
   # A fresh metrics log per invocation, unless resuming from checkpoints.
   if (out_dir / "metrics.jsonl").exists() and not (out_dir / "checkpoints").exists():
     (out_dir / "metrics.jsonl").unlink()
   run = Run(out_dir, quiet=quiet, checkpoint_every=checkpoint_every, score_fn=score_fn)
+  load_s = laps.lap()
   t_fit = time.perf_counter()
   try:
     est.fit(data, run=run)
@@ -304,9 +341,14 @@ def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
       shutil.rmtree(out_dir, ignore_errors=True)
     raise
   finally:
-    run.close()
+    t_close = time.perf_counter()
+    run.close()                     # waits for checkpoint writes
+    close_s = time.perf_counter() - t_close
   fit_s = time.perf_counter() - t_fit
   wall = time.perf_counter() - t0
+  info = dict(getattr(est, "fit_info_", {}) or {})
+  split = fit_split(max(laps.lap() - close_s, 0.0), info)
+  split["save_s"] += close_s
 
   t_score = time.perf_counter()
   results = {"method": method, "dataset": data.name, "seed": seed,
@@ -324,14 +366,15 @@ def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
     notes.append(worse)
     _note(worse)
   score_s = time.perf_counter() - t_score
+  eval_s = laps.lap()
 
-  info = dict(getattr(est, "fit_info_", {}) or {})
   np.save(out_dir / "labels.npy", np.asarray(est.labels_))
   np.save(out_dir / "embedding.npy", np.asarray(est.embedding_, np.float32))
   if est.init_labels_ is not None:
     np.save(out_dir / "init_labels.npy", np.asarray(est.init_labels_))
   if est.init_embedding_ is not None:
     np.save(out_dir / "init_embedding.npy", np.asarray(est.init_embedding_, np.float32))
+  split["save_s"] += laps.lap()
   t_plot = time.perf_counter()
   try:
     plot_embedding(out_dir / "embedding_2d.png", est.embedding_, est.labels_,
@@ -342,6 +385,7 @@ def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
     notes.append(msg)
     _note(msg)
   plot_s = time.perf_counter() - t_plot
+  plots_s = laps.lap()
 
   results.update({
       "label_free": scores,
@@ -361,6 +405,13 @@ def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
       "python": platform.python_version(), "jax_version": jax.__version__,
       "command": command,
   })
+  split["save_s"] += laps.lap()     # the rest, up to writing results.json
+  started = t_run if started is None else min(started, t_run)
+  t = {"startup_s": t_run - started, "load_s": load_s, "init_s": split["init_s"],
+       "compile_s": laps.compile_s, "train_s": split["train_s"],
+       "readout_s": split["readout_s"], "eval_s": eval_s, "plots_s": plots_s,
+       "save_s": split["save_s"], "total_s": laps.t - started}
+  results["timing"] = {k: round(t[k], 3) for k in TIMING_KEYS}
   write_json(out_dir / "results.json", results)
   return results
 

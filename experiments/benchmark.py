@@ -46,6 +46,8 @@ def run_one(method, dataset, seed, out, args) -> dict:
     cmd += ["--missing-rate", str(args.missing_rate)]
   if args.max_samples:
     cmd += ["--max-samples", str(args.max_samples)]
+  if args.no_compile_cache:
+    cmd += ["--no-compile-cache"]
   print("$", " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
   proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
   if proc.returncode != 0:
@@ -95,6 +97,8 @@ def summarize(method, dataset, tag, seeds, results, command) -> dict:
       row[f"init_{m}_mean"], row[f"init_{m}_std"] = _stats([r["init"][m] for r in results])
     row["beats_init_every_seed"] = bool(all(r["acc"] > r["init"]["acc"] for r in results))
   row["wall_time_s_mean"], row["wall_time_s_std"] = _stats([r["wall_time_s"] for r in results])
+  for k in ("total_s", "train_s"):  # results.json's timing: the whole process, its training
+    row[f"{k}_mean"], row[f"{k}_std"] = _stats([(r.get("timing") or {}).get(k) for r in results])
   timings = [flat_timings(r.get("info") or {}) for r in results]
   row["timings"] = {k: _stats([t.get(k) for t in timings])[0]
                     for k in sorted({k for t in timings for k in t})}
@@ -104,6 +108,7 @@ def summarize(method, dataset, tag, seeds, results, command) -> dict:
       st for e in epochs for st in e)}
   row["per_seed"] = [{"seed": r["seed"], **{m: r.get(m) for m in METRICS},
                       "wall_time_s": r["wall_time_s"], "epochs": r.get("epochs") or {},
+                      **({"timing": r["timing"]} if r.get("timing") else {}),
                       **({"init_acc": r["init"]["acc"]} if "init" in r else {}),
                       **{k: v for k, v in (r.get("info") or {}).items() if k in HEALTH_KEYS}}
                      for r in results]
@@ -160,6 +165,13 @@ def _epochs_text(row) -> str:
   return " + ".join(parts)
 
 
+def _seconds(row) -> str:
+  """The `total s / run | train s / run` cells (mean ± std over seeds), "–" where the row's
+  runs have no results.json timing."""
+  return " | ".join(_fmt(row.get(f"{k}_mean"), row.get(f"{k}_std") or 0.0, pct=False)
+                    for k in ("total_s", "train_s"))
+
+
 def _beats_start(row) -> str:
   seeds = [p for p in row.get("per_seed", []) if p.get("init_acc") is not None]
   if not seeds:
@@ -196,8 +208,10 @@ def regenerate(results_dir: Path = RESULTS) -> list:
       "above it. Labels are used for scoring only. Each row is one file under `rows/`, written by",
       "`python experiments/benchmark.py --methods M --datasets D --seeds 0 1 2 [--tag T ...]`;",
       "this page is generated from them (`python experiments/benchmark.py --regenerate`), and each",
-      "row's exact command is listed at the end. Wall time is loading + fitting, seconds per run,",
-      "on the machine of the row's `machine` field.",
+      "row's exact command is listed at the end. Seconds per run, on the machine of the row's",
+      "`machine` field: wall is loading + fitting; total is the whole process (start-up and",
+      "imports to the written run directory) and train its training epochs, both from",
+      "results.json's `timing` (\"–\": a row written before results.json had it).",
       "",
       "## Default settings",
       "",
@@ -206,8 +220,8 @@ def regenerate(results_dir: Path = RESULTS) -> list:
       "\"Papers' numbers\").",
       "",
       "| dataset | method | seeds | ACC | NMI | ARI | start ACC | final > start | epochs run "
-      "| wall s / run | paper ACC / NMI | row |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| wall s / run | total s / run | train s / run | paper ACC / NMI | row |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for r in rows:
     if r.get("tag"):
@@ -218,7 +232,7 @@ def regenerate(results_dir: Path = RESULTS) -> list:
         f"{_fmt(r['ari_mean'], r['ari_std'])} | "
         f"{_fmt(r.get('init_acc_mean'), r.get('init_acc_std'))} | {_beats_start(r)} | "
         f"{_epochs_text(r)} | {_fmt(r['wall_time_s_mean'], r['wall_time_s_std'], pct=False)} | "
-        f"{_paper(paper, r)} | {_link(r)} |")
+        f"{_seconds(r)} | {_paper(paper, r)} | {_link(r)} |")
   flagged = [r for r in rows if not r.get("tag") and _changes(r) != "–"]
   if flagged:
     lines += ["", "Default rows run with a flag: " + "; ".join(
@@ -229,8 +243,10 @@ def regenerate(results_dir: Path = RESULTS) -> list:
   for method in dict.fromkeys(r["method"] for r in rows if r.get("tag")):
     lines += [f"### {method}", "",
               "| dataset | tag | what it sets | seeds | ACC | NMI | ARI | start ACC | "
-              "final > start | default ACC | epochs run | wall s / run | row |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "final > start | default ACC | epochs run | wall s / run | total s / run | "
+              "train s / run | row |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+              "| --- |"]
     for r in rows:
       if r["method"] != method or not r.get("tag"):
         continue
@@ -242,7 +258,8 @@ def regenerate(results_dir: Path = RESULTS) -> list:
           f"{_fmt(r['ari_mean'], r['ari_std'])} | "
           f"{_fmt(r.get('init_acc_mean'), r.get('init_acc_std'))} | {_beats_start(r)} | "
           f"{_fmt(d['acc_mean'], d['acc_std']) if d else '–'} | {_epochs_text(r)} | "
-          f"{_fmt(r['wall_time_s_mean'], r['wall_time_s_std'], pct=False)} | {_link(r)} |")
+          f"{_fmt(r['wall_time_s_mean'], r['wall_time_s_std'], pct=False)} | {_seconds(r)} | "
+          f"{_link(r)} |")
     lines.append("")
   lines += ["## Papers' numbers", "",
             "| method | dataset | paper | table | setting | ACC | NMI | ARI |",
@@ -278,6 +295,8 @@ def main(argv=None):
   p.add_argument("--missing-rate", type=float, default=0.0)
   p.add_argument("--max-samples", type=int, default=None)
   p.add_argument("--tag", default="", help="names a non-default setting (row file suffix)")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="runs without JAX's persistent compilation cache (run.py's flag)")
   p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
   p.add_argument("--results-dir", default=str(RESULTS))
   p.add_argument("--regenerate", action="store_true", help="only rebuild the tables from row files")

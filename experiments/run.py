@@ -14,10 +14,13 @@ input ends with one line on stderr and exit status 2; a NaN/Inf loss with status
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
+
+_STARTED = time.time()  # as early as possible: results.json's timing.startup_s starts here
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
 
 def _epilog(argv) -> str:
@@ -58,12 +61,21 @@ def parse_args(argv):
   p.add_argument("--max-samples", type=int, default=None, help="use only the first N samples")
   p.add_argument("--missing-rate", type=float, default=0.0,
                  help="simulate missing views at this rate (every sample keeps one view)")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="do not use JAX's persistent compilation cache (on by default, in "
+                      "$CLUSTERING_JAX_COMPILE_CACHE or ~/.cache/clustering_jax/jax; "
+                      "CLUSTERING_JAX_COMPILE_CACHE=0 also turns it off)")
   return p.parse_args(argv)
 
 
 def main(argv=None):
+  as_process = argv is None       # the command itself: its process started with this script
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
+  from clustering_jax import compile_cache, timing
+  if args.no_compile_cache:
+    compile_cache.disable()
+  started = min(timing.process_start() or _STARTED, _STARTED) if as_process else _STARTED
   from clustering_jax.data import DataError
   from clustering_jax.experiment import format_table, load_overrides, main_error, run_experiment
   from clustering_jax.train import NonFiniteError
@@ -84,7 +96,8 @@ def main(argv=None):
         epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, n_clusters=args.n_clusters,
         overrides=overrides, quiet=args.quiet,
         checkpoint_every=args.checkpoint_every, download=args.download,
-        max_samples=args.max_samples, missing_rate=args.missing_rate, argv=argv)
+        max_samples=args.max_samples, missing_rate=args.missing_rate, argv=argv,
+        started=started)
   except NonFiniteError as e:
     main_error(str(e), code=3)
   except (DataError, ValueError, TypeError, FileNotFoundError) as e:

@@ -21,6 +21,11 @@ TINY = {
     "ulhe": {"hidden": [16, 16, 32], "latent": 4, "pretrain_batch_size": 64, "batch_size": 64,
              "kmeans_n_init": 2},
     "largemvc": {"kmeans_n_init": 2},
+    "mvsib": {"hidden": [16, 16, 32], "latent": 8, "e_w": 1, "e_c": 2, "batch_size": 64, "k": 3,
+              "kmeans_n_init": 2},
+    "hadis": {"backbone": "cnn", "widths": [8, 16], "proj_hidden": 32, "proj_dim": 16,
+              "pred_hidden": 32, "warmup_epochs": 1, "batch_size": 16, "kmeans_n_init": 2,
+              "embed_block": 32},
 }
 TINY_EPOCHS = 2
 
@@ -90,6 +95,19 @@ def check_results_schema(r: dict, *, has_init: bool) -> None:
   for k in ("wall_time_s", "fit_time_s", "score_time_s", "plot_time_s", "total_time_s"):
     assert r[k] >= 0, k
   assert r["total_time_s"] >= r["wall_time_s"]
+  check_timing(r)
+
+
+def check_timing(r: dict) -> None:
+  """results.json's timing: the same keys for every method, phases >= 0 that add up to
+  total_s, which holds the run's own total."""
+  from clustering_jax.experiment import TIMING_KEYS
+  t = r["timing"]
+  assert list(t) == list(TIMING_KEYS), list(t)
+  assert all(isinstance(v, float) and v >= 0 for v in t.values()), t
+  parts = sum(v for k, v in t.items() if k != "total_s")
+  assert abs(parts - t["total_s"]) <= 0.001 * len(t) + 1e-6, (parts, t)
+  assert t["total_s"] >= r["total_time_s"] - 0.01
 
 
 def check_run_dir(out: Path, *, n: int, k: int, labelled: bool) -> dict:

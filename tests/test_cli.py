@@ -49,6 +49,22 @@ def test_kmeans_digits_writes_run_directory(tmp_path):
   assert abs(r["acc"] - accuracy(d.target, sk)) < 0.03
   cfg = json.loads((out / "config.json").read_text())
   assert cfg["params"]["n_clusters"] == 10 and cfg["seed"] == 0
+  # The whole process's time: start-up (interpreter, imports) is counted from the process start.
+  from _run_helpers import check_timing
+  check_timing(r)
+  assert r["timing"]["startup_s"] > 0.05 and r["timing"]["load_s"] > 0
+
+
+def test_no_compile_cache_flag_disables_the_cache_before_the_run(tmp_path, monkeypatch):
+  from clustering_jax import compile_cache
+  calls = []
+  monkeypatch.setattr(compile_cache, "disable", lambda: calls.append(compile_cache.cache_dir()))
+  monkeypatch.setattr(compile_cache, "enable", lambda *a: calls.append("enable"))
+  cfg = tmp_path / "tiny.json"
+  cfg.write_text(json.dumps({"n_init": 2}))
+  _main("--method", "kmeans", "--dataset", "blobs", "--out", str(tmp_path / "a"), "--quiet",
+        "--config", str(cfg), "--no-compile-cache")
+  assert len(calls) == 2 and calls[1] == "enable"       # disable() first, then the fit's enable()
 
 
 def test_config_override_json_and_yaml(tmp_path, capsys):
@@ -98,15 +114,22 @@ def test_unknown_config_key_is_clear(tmp_path, capsys):
 def test_benchmark_harness_writes_rows_and_tables(tmp_path):
   p = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--methods",
                       "kmeans", "--datasets", "blobs", "--seeds", "0", "1", "--results-dir",
-                      str(tmp_path), "--runs-dir", str(tmp_path / "runs")],
+                      str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--no-compile-cache"],
                      cwd=ROOT, text=True, capture_output=True, timeout=300)
   assert p.returncode == 0, p.stderr
   rows = json.loads((tmp_path / "benchmark.json").read_text())
   assert len(rows) == 1 and rows[0]["method"] == "kmeans" and rows[0]["seeds"] == [0, 1]
   assert 0 <= rows[0]["acc_mean"] <= 1 and rows[0]["acc_std"] >= 0
   assert "benchmark.py" in rows[0]["command"]
+  seeds = [json.loads((tmp_path / "runs" / "kmeans__blobs" / f"seed{s}" / "results.json")
+                      .read_text()) for s in (0, 1)]
+  assert all("--no-compile-cache" in r["command"] for r in seeds)      # passed on to run.py
+  assert rows[0]["total_s_mean"] == pytest.approx(np.mean([r["timing"]["total_s"] for r in seeds]))
+  assert rows[0]["train_s_mean"] == 0.0
   md = (tmp_path / "BENCHMARKS.md").read_text()
-  assert "| blobs | kmeans |" in md
+  assert "| blobs | kmeans |" in md and "| total s / run | train s / run |" in md
+  line = next(ln for ln in md.splitlines() if ln.startswith("| blobs | kmeans |"))
+  assert f"| {rows[0]['total_s_mean']:.1f} ± " in line and "| 0.0 ± 0.0 |" in line
 
 
 # --- flags, schedules and validation (in-process: no interpreter start per case) -------------

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 from _run_helpers import (ROOT, TINY, TINY_EPOCHS, blobs_npz, check_results_schema,
-                          check_run_dir, documented_schema, fake_deep_estimator)
+                          check_run_dir, check_timing, documented_schema, fake_deep_estimator)
 
-from clustering_jax import experiment
+from clustering_jax import experiment, timing
 from clustering_jax.api import available_methods, get_estimator
+from clustering_jax.train.engine import PHASES
 
 
 @pytest.mark.parametrize("info, want", [
@@ -30,7 +31,7 @@ def test_schema_table_is_in_the_readme():
   schema = documented_schema()
   assert schema["epochs"] == "always" and schema["acc"] == "with labels"
   assert schema["init"].startswith("with labels, ")
-  for k in ("label_free", "notes", "plot_time_s", "schedule", "has_labels"):
+  for k in ("label_free", "notes", "plot_time_s", "schedule", "has_labels", "timing"):
     assert schema[k] == "always", k
 
 
@@ -70,17 +71,49 @@ def test_every_registered_method_writes_the_documented_schema(tmp_path, method):
       epochs=TINY_EPOCHS if cls.epochs_field else None,
       pretrain_epochs=TINY_EPOCHS if cls.pretrain_epochs_field else None)
   has_init = (out / "init_labels.npy").exists()
-  check_results_schema(r, has_init=has_init)
+  check_results_schema(r, has_init=has_init)      # timing: the same keys for every method
   assert r["has_labels"] and ("init" in r) is has_init
+  t = r["timing"]
+  assert t["startup_s"] == 0.0 and t["total_s"] > 0 and t["readout_s"] > 0
   if cls.epochs_field is None:
     assert r["epochs"] == {} and r["schedule"] == {}
+    assert t["init_s"] == t["train_s"] == 0.0       # a baseline's fit is all read-out
   else:
     assert r["epochs"] and sum(r["epochs"].values()) <= 2 * TINY_EPOCHS
     assert r["schedule"][cls.epochs_field] == TINY_EPOCHS
+    phases = r["info"]["phases"]                    # the method's own split (train.engine)
+    assert list(phases) == list(PHASES) and t["train_s"] > 0
+    assert t["train_s"] == pytest.approx(phases["train_s"], abs=1e-3)
+    assert t["readout_s"] == pytest.approx(phases["readout_s"], abs=1e-3)
+
+
+def test_fit_split_takes_the_methods_phases_and_gives_init_the_rest():
+  ph = {"init_s": None, "compile_s": None, "train_s": 6.0, "readout_s": 1.0, "save_s": 0.5}
+  assert experiment.fit_split(10.0, {"phases": ph}) == {
+      "init_s": 2.5, "train_s": 6.0, "readout_s": 1.0, "save_s": 0.5}
+  for info in ({}, {"inertia": 1.0}, {"phases": None}):     # baselines: all read-out
+    assert experiment.fit_split(3.0, info) == {
+        "init_s": 0.0, "train_s": 0.0, "readout_s": 3.0, "save_s": 0.0}
+  # never negative, never above the fit (a method's clock and the caller's differ slightly)
+  over = {**ph, "train_s": 12.0}
+  got = experiment.fit_split(10.0, {"phases": over})
+  assert got["init_s"] == 0.0 and got["train_s"] == 10.0
+
+
+def test_timing_phases_add_up_to_the_total_and_startup_counts_from_started(tmp_path):
+  data = blobs_npz(tmp_path / "d.npz", labels=True)
+  started = timing.now() - 1.5                      # as if the process started 1.5 s ago
+  r = experiment.run_experiment("kmeans", str(data), out=str(tmp_path / "run"), n_clusters=3,
+                                overrides=TINY["kmeans"], started=started)
+  check_timing(r)
+  t = r["timing"]
+  assert 1.5 <= t["startup_s"] < 1.5 + 0.5 and t["total_s"] >= t["startup_s"] + r["total_time_s"]
+  assert t["load_s"] > 0 and t["eval_s"] > 0 and t["plots_s"] > 0
 
 
 def test_readme_lists_the_run_flags():
   text = (ROOT / "README.md").read_text()
   section = text[text.index("## Command line"):text.index("## Data")]
-  for flag in ("--n-clusters", "--pretrain-epochs", "--epochs", "plot_time_s"):
+  for flag in ("--n-clusters", "--pretrain-epochs", "--epochs", "plot_time_s",
+               "--no-compile-cache", *experiment.TIMING_KEYS):
     assert flag in section, flag
