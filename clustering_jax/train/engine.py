@@ -23,13 +23,15 @@ unless it splits it further); batch b of the epoch uses `fold_in(epoch_key, b)`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.training import train_state
+import optax
 
 from clustering_jax import timing
 from clustering_jax.ops.distances import map_row_blocks
@@ -37,14 +39,36 @@ from clustering_jax.train.batching import batch_matrix
 from clustering_jax.train.run import Run
 
 
-class TrainState(train_state.TrainState):
-  """flax's TrainState (step, apply_fn, params, tx, opt_state) plus `extra` trees."""
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["step", "params", "opt_state", "extra"],
+                   meta_fields=["apply_fn", "tx"])
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  """Flax's TrainState (the same fields, pytree and update) plus `extra` trees.
+
+  step, params, opt_state and extra are pytree leaves; apply_fn and tx are static. Defined
+  here rather than imported so that a method without flax modules does not import flax.
+  """
+  step: Any
+  apply_fn: Optional[Callable]
+  params: Any
+  tx: Any
+  opt_state: Any
   extra: Any = None
+
+  def replace(self, **updates) -> "TrainState":
+    return dataclasses.replace(self, **updates)
+
+  def apply_gradients(self, *, grads, **updates) -> "TrainState":
+    """step + 1, params and opt_state after one `tx` update with `grads`, and `updates`."""
+    deltas, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, deltas),
+                        opt_state=opt_state, **updates)
 
 
 def new_state(params, tx, extra=None, apply_fn=None) -> TrainState:
-  state = TrainState.create(apply_fn=apply_fn, params=params, tx=tx, extra=extra)
-  return state.replace(step=jnp.zeros((), jnp.int32))
+  return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=apply_fn, params=params, tx=tx,
+                    opt_state=tx.init(params), extra=extra)
 
 
 # -- batches -------------------------------------------------------------------------
