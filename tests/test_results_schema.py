@@ -117,3 +117,12 @@ def test_readme_lists_the_run_flags():
   for flag in ("--n-clusters", "--pretrain-epochs", "--epochs", "plot_time_s",
                "--no-compile-cache", *experiment.TIMING_KEYS):
     assert flag in section, flag
+
+
+@pytest.mark.parametrize("n, d, k", [(60, 3, 4), (200, 7, 2), (31, 2, 30)])
+def test_silhouette_equals_scikit_learns(n, d, k):
+  from sklearn.metrics import silhouette_score
+  rng = np.random.default_rng(n)
+  y = np.r_[np.arange(k), rng.integers(0, k, n - k)]          # every cluster, some singletons
+  x = (rng.normal(size=(n, d)) + 3.0 * rng.normal(size=(k, d))[y]).astype(np.float32)
+  assert experiment.silhouette(x, y + 5) == pytest.approx(silhouette_score(x, y), abs=1e-6)
