@@ -406,13 +406,27 @@ def start(xs, mask, labels, *, m: int, cfg: Config):
   return consts, init_params(p0s, e0_norms, mask, cfg)
 
 
+@jax.jit
+def _fold_in_3(key):
+  """fold_in(key, 0), fold_in(key, 1), fold_in(key, 2) in one compiled call (op by op, each
+  fold_in and the tuple unpacking are programs of their own)."""
+  return tuple(jax.random.fold_in(key, i) for i in range(3))
+
+
+@jax.jit
+def _split_2(key):
+  """jax.random.split(key) as a pair, in one compiled call."""
+  k = jax.random.split(key)
+  return k[0], k[1]
+
+
 def initialize(key, xs, mask, n_clusters: int, cfg: Config):
   """Spectral embedding -> k-means -> one-hot H0, P0 = Procrustes(H0^T X), E0 = X - H0 P0.
 
   Returns (consts, params, init_labels (n,), info).
   """
   m = cfg.n_anchors or cfg.anchor_multiple * n_clusters
-  k_emb, k_km, k_km2 = (jax.random.fold_in(key, i) for i in range(3))
+  k_emb, k_km, k_km2 = _fold_in_3(key)
   t0 = time.perf_counter()
   if cfg.init_standardize:
     z = standardized_concat(xs, mask)
@@ -501,8 +515,8 @@ def train(batch: Union[Consts, Batch], params: dict, cfg: Config, *, run: Run, n
       batch.xs, batch.mask, batch.h0, batch.p0s, batch.e0s if cfg.variant == "full" else None)
   consts, mesh = _place(consts, n, cfg)
   scan = engine.ScannedEpoch(make_step(cfg))
-  one = (jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), jnp.float32))  # one full-batch step,
-                                                                    # on the device once
+  one = jax.device_put((np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32)))
+                                                # one full-batch step, on the device once
   key = jax.random.key(0)                                           # unused: no randomness
 
   def epoch_fn(epoch, state):
@@ -522,8 +536,8 @@ def prepare(data: Views):
   xs = [np.asarray(v, np.float32) for v in data.flat_views()]
   n, nv = xs[0].shape[0], len(xs)
   mask = np.ones((n, nv), bool) if data.mask is None else np.asarray(data.mask, bool)
-  xs = tuple(jnp.asarray(np.where(mask[:, v:v + 1], x, 0.0)) for v, x in enumerate(xs))
-  return xs, jnp.asarray(mask, jnp.float32)
+  xs = tuple(np.where(mask[:, v:v + 1], x, np.float32(0.0)) for v, x in enumerate(xs))
+  return jax.device_put((xs, mask.astype(np.float32)))     # a copy, no compiled program
 
 
 def fit(data: Views, n_clusters: int, config: Config, *, key, run: Run) -> FitResult:
@@ -532,7 +546,7 @@ def fit(data: Views, n_clusters: int, config: Config, *, key, run: Run) -> FitRe
   t0, start = time.perf_counter(), timing.now()
   xs, mask = prepare(data)
   n = data.n_samples
-  k_init, k_final = jax.random.split(key)
+  k_init, k_final = _split_2(key)
   consts, params, init_labels, info = initialize(k_init, xs, mask, n_clusters, config)
   info["lipschitz"] = round(float(1.0 / np.asarray(params["U"])[0, 0]), 5)   # L_p used
   h0 = consts.h0

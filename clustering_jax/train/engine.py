@@ -67,8 +67,8 @@ class TrainState:
 
 
 def new_state(params, tx, extra=None, apply_fn=None) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=apply_fn, params=params, tx=tx,
-                    opt_state=tx.init(params), extra=extra)
+  return TrainState(step=jax.device_put(np.zeros((), np.int32)), apply_fn=apply_fn,
+                    params=params, tx=tx, opt_state=tx.init(params), extra=extra)
 
 
 # -- batches -------------------------------------------------------------------------
@@ -109,6 +109,14 @@ def replicate(tree, mesh):
   if mesh is None:
     return tree
   return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _on_device(a, dtype):
+  """a as a jax.Array of dtype: host data is copied over (jnp.asarray compiles a program per
+  new shape for that)."""
+  if isinstance(a, jax.Array) and a.dtype == dtype:
+    return a
+  return jax.device_put(np.asarray(a, dtype))
 
 
 def _on_mesh(a, mesh) -> bool:
@@ -168,7 +176,7 @@ class ScannedEpoch:
   def __call__(self, state, consts, idx, w, key):
     mesh = data_mesh()
     skips = bool(np.any(np.asarray(w).sum(axis=1) <= 0))  # compile the lax.cond only if needed
-    idx, w = jnp.asarray(idx, jnp.int32), jnp.asarray(w, jnp.float32)
+    idx, w = _on_device(idx, np.int32), _on_device(w, np.float32)
     if mesh is not None:  # constants a method placed itself (shard_rows) keep their sharding
       state, key = replicate((state, key), mesh)
       consts = jax.tree.map(lambda a: a if _on_mesh(a, mesh) else replicate(a, mesh), consts)
