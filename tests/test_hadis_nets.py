@@ -125,3 +125,72 @@ def test_heads_init_and_shapes():
   with pytest.raises(ValueError, match=r"\(b, d\)"):
     proj.apply(vq, jnp.zeros((2, 4, 4)), train=False)
   assert isinstance(R.make_backbone("cnn", widths=(4, 8)), nn.Module)
+
+
+def _conv_cases():
+  """(channels, kernel, stride, padding): both forward paths (im2col below
+  IM2COL_FORWARD_BELOW channels, XLA's convolution above), both input-gradient paths (stride
+  1 with paddings inside the kernel: a direct convolution; otherwise im2col), string paddings."""
+  few, many = 3, R.IM2COL_FORWARD_BELOW
+  return [(few, (3, 3), 2, ((1, 1), (1, 1))), (many, (3, 3), 2, ((1, 1), (1, 1))),
+          (many, (3, 3), 1, ((1, 1), (1, 1))), (many, (3, 3), 1, ((0, 2), (2, 1))),
+          (many, (3, 3), 1, ((3, 0), (1, 1))), (few, (1, 1), 2, "SAME"),
+          (many, (3, 3), 1, "VALID")]
+
+
+# Two cases (the two forward paths, both input-gradient paths) run by default, the rest as slow.
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if i in (1, 3) else pytest.mark.slow)
+                                  for i, c in enumerate(_conv_cases())])
+def test_cpu_conv_equals_lax_conv_in_value_and_gradient(case):
+  """nets.resnet.conv_general_dilated (every conv of the HaDis networks) equals
+  lax.conv_general_dilated in value and in both gradients, jitted, on every path."""
+  c, ks, stride, pad = case
+  rng = np.random.default_rng(0)
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.asarray(rng.normal(size=(2, 7, 6, c)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(*ks, c, 4)), jnp.float32)
+  dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+  f = lambda conv: (lambda x, k: conv(x, k, (stride, stride), pad, dimension_numbers=dn,
+                                      precision=hi))
+  ref, got = f(jax.lax.conv_general_dilated)(x, k), jax.jit(f(R.conv_general_dilated))(x, k)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  loss = lambda conv: (lambda x, k: jnp.sum(jnp.sin(f(conv)(x, k))))
+  for a, b in zip(jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, k),
+                  jax.jit(jax.grad(loss(R.conv_general_dilated), (0, 1)))(x, k)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_conv_gradient_has_no_transposed_convolutions():
+  """On the CPU the backward pass of a conv has only plain NHWC·HWIO convolutions (no lhs
+  dilation, no swapped batch/feature labels): XLA:CPU runs those other gradient convolutions
+  about 10x slower inside the engine's scanned epoch."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the im2col gradient is CPU-only")
+  nhwc = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+  for c, ks, stride, pad in _conv_cases():
+    x, k = jnp.zeros((2, 7, 6, c)), jnp.zeros((*ks, c, 4))
+    loss = lambda x, k: jnp.sum(R.conv_general_dilated(
+        x, k, (stride, stride), pad, dimension_numbers=nhwc) ** 2)
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k)
+    convs = [e for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
+    for e in convs:
+      assert e.params["dimension_numbers"] == nhwc
+      assert tuple(e.params["lhs_dilation"]) == (1, 1) and tuple(e.params["rhs_dilation"]) == (1, 1)
+    # the forward pass is XLA's convolution from IM2COL_FORWARD_BELOW channels on
+    assert (len(convs) > 0) == (c >= R.IM2COL_FORWARD_BELOW)
+
+
+def _all_eqns(jaxpr):
+  for e in jaxpr.eqns:
+    yield e
+    for sub in _subjaxprs(e):
+      yield from _all_eqns(sub)
+
+
+def _subjaxprs(eqn):
+  for v in eqn.params.values():
+    for j in (v if isinstance(v, (tuple, list)) else (v,)):
+      if hasattr(j, "jaxpr") and hasattr(j.jaxpr, "eqns"):
+        yield j.jaxpr
+      elif hasattr(j, "eqns"):
+        yield j

@@ -220,8 +220,13 @@ def _forward(module, variables, x):
 
 
 def make_losses(enc, pred, cfg: Config, n_clusters: int):
-  """losses(params, extra, views (2, b, H, W, C), labels (b,), w (b,), key, eps, pcl_on)
-  -> (L (Eq. 13), (metrics, new BN stats)). eps, pcl_on: traced scalars (the warm-up gates)."""
+  """(teacher, student_losses, losses):
+  teacher(extra, views (2, b, H, W, C)) -> (t (2, b, d), new teacher BN stats), f_t in train
+    mode, outside any gradient (Eq. 12: the teacher moves by EMA only);
+  student_losses(params, extra, views, t, labels (b,), w (b,), key, eps, pcl_on)
+    -> (L (Eq. 13), (metrics, new student/predictor BN stats)), differentiated by the step;
+  losses(params, extra, views, labels, w, key, eps, pcl_on): both, with the stats of all three.
+  eps, pcl_on: traced scalars (the warm-up gates)."""
 
   def direction(pa, za, tb, labels, w):
     """The loss terms of one direction: predictions g(z_a), projections f_s(x_a) of view a,
@@ -243,10 +248,12 @@ def make_losses(enc, pred, cfg: Config, n_clusters: int):
       m["pcl_n_present"], m["pcl_acc"] = aux["n_present"], aux["acc"]
     return m
 
-  def losses(params, extra, views, labels, w, key, eps, pcl_on):
-    st = extra["stats"]
+  def teacher(extra, views):
     t, t_stats = _forward(enc, teacher_variables(extra), views)                 # f_t(x)
-    t = jax.lax.stop_gradient(t)
+    return jax.lax.stop_gradient(t), t_stats
+
+  def student_losses(params, extra, views, t, labels, w, key, eps, pcl_on):
+    st = extra["stats"]
     z, s_stats = _forward(enc, {"params": params["student"], "batch_stats": st["student"]},
                           views)                                                 # f_s(x)
     zd = ss.diffuse(key, z, eps)                                                 # Eq. 2
@@ -261,10 +268,14 @@ def make_losses(enc, pred, cfg: Config, n_clusters: int):
       loss = loss + m["loss_hsd"]
     if cfg.use_pcl:
       loss = loss + cfg.lam * pcl_on * m["loss_pcl"]
-    stats = {"student": s_stats, "predictor": p_stats, "teacher": t_stats}
-    return loss, ({"loss": loss, **m}, stats)
+    return loss, ({"loss": loss, **m}, {"student": s_stats, "predictor": p_stats})
 
-  return losses
+  def losses(params, extra, views, labels, w, key, eps, pcl_on):
+    t, t_stats = teacher(extra, views)
+    loss, (m, stats) = student_losses(params, extra, views, t, labels, w, key, eps, pcl_on)
+    return loss, (m, {**stats, "teacher": t_stats})
+
+  return teacher, student_losses, losses
 
 
 def make_step(enc, pred, cfg: Config, preset: AugmentPreset, n_clusters: int,
@@ -275,19 +286,21 @@ def make_step(enc, pred, cfg: Config, preset: AugmentPreset, n_clusters: int,
   state.params: {"student", "predictor"}; state.extra: {"teacher", "stats" (BN state of
   student, predictor and teacher), "labels" (n,) pseudo-labels, "centers" (K, d)}.
   """
-  losses = make_losses(enc, pred, cfg, n_clusters)
+  teacher, student_losses, _ = make_losses(enc, pred, cfg, n_clusters)
+  grad_fn = jax.value_and_grad(student_losses, has_aux=True)
 
   def step(state, consts, idx, w, key):
     k_aug, k_noise = jax.random.split(key)
-    v1, v2 = two_views(k_aug, consts["x"][idx], preset)                      # aug(x) twice
+    views = jnp.stack(two_views(k_aug, consts["x"][idx], preset))           # aug(x) twice
     labels = state.extra["labels"][idx]
-    grad_fn = jax.value_and_grad(losses, has_aux=True)
-    (_, (metrics, stats)), g = grad_fn(state.params, state.extra, jnp.stack([v1, v2]), labels,
-                                       w, k_noise, consts["eps"], consts["pcl_on"])
+    t, t_stats = teacher(state.extra, views)                 # no gradient through the teacher
+    (_, (metrics, stats)), g = grad_fn(state.params, state.extra, views, t, labels, w, k_noise,
+                                       consts["eps"], consts["pcl_on"])
     alpha = ema_momentum(cfg, state.step, total_steps)
     state = state.apply_gradients(grads=g)
-    teacher = ss.ema_update(state.extra["teacher"], state.params["student"], alpha)  # Eq. 12
-    state = state.replace(extra={**state.extra, "teacher": teacher, "stats": stats})
+    teacher_p = ss.ema_update(state.extra["teacher"], state.params["student"], alpha)  # Eq. 12
+    state = state.replace(extra={**state.extra, "teacher": teacher_p,
+                                 "stats": {**stats, "teacher": t_stats}})
     return state, {**metrics, "ema": alpha}
 
   return step
