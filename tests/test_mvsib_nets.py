@@ -1,6 +1,8 @@
 """MVSIB networks (clustering_jax.nets.multiview) against a NumPy forward pass written from the
 parameters, under jax.jit; shapes, the default architecture, missing views and padding rows."""
 
+from functools import partial
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,8 @@ import numpy as np
 import pytest
 
 from clustering_jax.nets.multiview import (MultiViewAutoencoder, MVSIBNet, RouterMLP,
-                                           UncertaintyHead, fuse_views, init_params, view_weights)
+                                           UncertaintyHead, fuse_views, init_params,
+                                           join_decoders, split_decoders, view_weights)
 
 DIMS = (7, 4, 9)
 HID = (6, 5)
@@ -150,9 +153,14 @@ def test_uncertainty_head_and_router_match_numpy():
     router.apply(rp, f[:, :2])
 
 
-def test_mvsib_net_init_apply_route_and_gradients():
+@pytest.fixture(scope="module")
+def net_params():
   net = MVSIBNet(DIMS, hidden=HID, latent=4)
-  p1 = init_params(net, jax.random.key(7), DIMS)
+  return net, init_params(net, jax.random.key(7), DIMS)
+
+
+def test_mvsib_net_init_apply_route_and_gradients(net_params):
+  net, p1 = net_params
   p2 = init_params(net, jax.random.key(7), DIMS)
   chex.assert_trees_all_equal(p1, p2)                     # one key -> the same parameters
   assert set(p1["params"]) == {"mvae", "u_head", "router"}
@@ -176,3 +184,21 @@ def test_mvsib_net_init_apply_route_and_gradients():
   g = jax.jit(jax.grad(loss))(p1)
   chex.assert_tree_all_finite(g)
   assert float(jnp.abs(g["params"]["mvae"]["view_logits"]).sum()) > 0
+
+
+def test_training_tree_without_decoders(net_params):
+  net, p = net_params
+  tp, dec = split_decoders(p)
+  assert set(dec) == {f"view_{v}" for v in range(len(DIMS))}
+  for v in range(len(DIMS)):
+    assert set(tp["params"]["mvae"][f"view_{v}"]) == {"encoder"}
+  n_dec = sum(a.size for a in jax.tree.leaves(dec))
+  assert sum(a.size for a in jax.tree.leaves(tp)) + n_dec == sum(a.size for a in jax.tree.leaves(p))
+  chex.assert_trees_all_equal(join_decoders(tp, dec), p)
+  views = batch(2, B=5)
+  full, part = jax.jit(net.apply)(p, views), jax.jit(partial(net.apply, decode=False))(tp, views)
+  assert set(part) == {"zs", "z_cons", "alpha", "u_hat"}
+  for k in part:
+    np.testing.assert_allclose(part[k], full[k], rtol=1e-6)
+  with pytest.raises(Exception):        # the decoders are really gone from the tree
+    jax.eval_shape(net.apply, tp, views)

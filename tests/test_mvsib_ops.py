@@ -277,6 +277,26 @@ def test_neighbour_stats_and_local_votes_match_numpy_global_graph():
   close(votes.a, a_ref)
 
 
+def np_csd_votes(zs, labels, k, graph_z=None):
+  """Δd, a of every row from the kNN graph of the rows (per view, or one on graph_z)."""
+  V, B, _ = zs.shape
+  nbr = [np_knn(zs[v] if graph_z is None else graph_z, k, np.ones(B, bool)) for v in range(V)]
+  lab = np.stack([labels[n] for n in nbr])
+  dist = np.stack([[[np.linalg.norm(zs[v, i] - zs[v, j]) for j in nbr[v][i]] for i in range(B)]
+                   for v in range(V)])
+  return np_votes(labels, lab, dist, np.ones(lab.shape), np.ones((B, V), bool))
+
+
+def test_csd_votes_from_the_rows_own_graph():
+  b = make_batch(V=2)
+  f = jax.jit(lambda zs, l, zg: R.csd_votes(zs, l, 3, z_graph=zg), static_argnums=())
+  for zg in (None, b["z_cons"]):
+    votes = f(b["zs"], b["labels"], None if zg is None else zg[None])
+    d_ref, a_ref = np_csd_votes(b["zs"].astype(np.float64), b["labels"], 3, zg)
+    close(votes.delta_d, d_ref)
+    close(votes.a, a_ref)
+
+
 def test_local_votes_one_sided_neighbourhoods():
   labels = np.array([0, 1, 2], np.int32)
   nb = R.Neighbours(labels=np.array([[[0, 0], [0, 0], [0, 0]]], np.int32),
@@ -620,6 +640,16 @@ def test_amplified_cov_max_eig_and_safety_radii():
       continue
     cov = (zc - zc.mean(0)).T @ (zc - zc.mean(0)) / (len(zc) - 1 + 1e-6)
     close(lam[c], np.linalg.eigvalsh(4 / len(zc) * cov + 1e-6 * np.eye(5))[-1], rtol=1e-3)
+  # gathering each cluster's rows first (max_members) gives the same values for clusters of at
+  # most max_members rows, and the first max_members rows' value for a larger one
+  few = jax.jit(M.amplified_cov_max_eig, static_argnums=2, static_argnames="max_members")
+  lam4 = few(b["z_cons"], b["labels"], 4, n_pseudo=4, max_members=4)    # sizes 6, 5, 3, 1
+  close(lam4[2:], lam[2:], rtol=1e-4)
+  for c in (0, 1):
+    zc = b["z_cons"][b["labels"] == c].astype(np.float64)
+    x = zc[:4] - zc.mean(0)
+    n_c = len(zc)
+    close(lam4[c], 4 / n_c * np.linalg.eigvalsh(x @ x.T)[-1] / (n_c - 1 + 1e-6) + 1e-6, rtol=1e-3)
   rmax, rmin = M.safety_radii(lam, b["cons_centers"], t=0.5, delta=0.1)
   cc = b["cons_centers"].astype(np.float64)
   gamma = min(np.linalg.norm(cc[i] - cc[j]) for i in range(4) for j in range(4) if i != j)
@@ -684,6 +714,30 @@ def test_mmd_repulsion_boundary_match_numpy():
   imb = M.imbalance_loss(jnp.asarray(mmd), 2.0, 3.0, lambda_mmd=0.5, lambda_rep=0.1, lambda_b=2.0)
   close(imb, 0.5 * float(np.sum(mmd)) + 0.2 + 6.0)
 
+
+
+def test_ism_losses_assembles_eq30_38():
+  b, minority, _ = minority_batch()
+  key, z, lab, cen = jax.random.key(2), b["z_cons"], b["labels"], b["cons_centers"]
+
+  @jax.jit
+  def both(m):
+    out = M.ism_losses(key, z, lab, m, cen, n_pseudo=4, lambda_mmd=0.5, lambda_rep=0.2,
+                       lambda_b=3.0, max_members=6)
+    ps = M.pseudo_samples(key, z, lab, m, cen, n_pseudo=4)
+    sig = M.median_bandwidth(z)
+    r_max, r_min = M.safety_radii(M.amplified_cov_max_eig(z, lab, 4, n_pseudo=4), cen)
+    ref = (ps.psi, M.mmd_per_cluster(z, lab, ps, sigma=sig), M.repulsion_loss(ps, sigma_r=sig),
+           M.boundary_loss(ps, cen, r_max=r_max, r_min=r_min))
+    return out, ref
+
+  out, (psi, mmd, rep, bnd) = both(minority)
+  close(out.ps.psi, psi)
+  close(out.mmd, mmd)
+  close([out.rep, out.bnd, out.loss], [rep, bnd, 0.5 * float(np.sum(mmd)) + 0.2 * rep + 3 * bnd])
+  assert float(out.loss) > 0
+  none, _ = both(np.zeros(4, np.float32))         # no minority cluster: no ISM term at all
+  assert float(none.loss) == 0.0 and float(jnp.sum(none.ps.weight)) == 0.0
 
 # ----------------------------------------------------------------------------- Eq. 39-43
 def np_cluster_contrast(uc, mv, psi, pw, cw, tau, eps=1e-8):

@@ -2,14 +2,15 @@
 
 Zhao et al. (papers/000_…), Algorithm 1 on `train.engine`, two stages:
   1. "pretrain": the view autoencoders on L_re (Eq. 2), Algorithm 1 line 1;
-  2. "train": the three-stage objective (§3.7). Each epoch (the slow time scale of §3.6,
-     Theorem C1) embeds every sample once and runs k-means on the consensus and on every view
-     (§3.3; view cluster ids matched to the consensus ids, those to the previous epoch's),
-     then fixes for the epoch the pseudo-labels, the centers, the bandwidths σ (Eq. 6), the
-     minority set S (§3.6.1) and, for n < 10,000, the CSD votes Δd, a (Eq. 15, 17) on the
-     per-view kNN graph of all samples (per batch above, §4.4). One scanned epoch follows; its
-     step computes Eq. 5–52 on the batch, the stage picked from the traced epoch, so one
-     compiled program serves all three stages and every ablation switch.
+  2. "train": the three-stage objective (§3.7) on the encoders, view weights, û head and
+     router (the decoders stay as pre-trained: Eq. 52 has no L_re). Each epoch (the slow time
+     scale of §3.6, Theorem C1) embeds every sample once and runs k-means on the consensus and
+     on every view (§3.3; view cluster ids matched to the consensus ids, those to the previous
+     epoch's), then fixes for the epoch the pseudo-labels, the centers, the bandwidths σ
+     (Eq. 6), the minority set S (§3.6.1) and, for n < 10,000, the CSD votes Δd, a (Eq. 15,
+     17) on the per-view kNN graph of all samples (per batch above, §4.4). One scanned epoch
+     follows; its step computes Eq. 5-52 on the batch, the stage picked from the traced epoch,
+     so one compiled program serves all three stages and every ablation switch.
 Output (Algorithm 1): the final consensus embedding assigned to the nearest final consensus
 center. Missing views (`Views.mask`) are handled: every view-wise term takes presence weights,
 and each view's k-means runs on the samples that have the view.
@@ -27,7 +28,7 @@ import numpy as np
 import optax
 
 from clustering_jax.methods.base import FitResult, Views, in_range, one_of
-from clustering_jax.nets.multiview import MVSIBNet, init_params
+from clustering_jax.nets.multiview import MVSIBNet, init_params, join_decoders, split_decoders
 from clustering_jax.ops import minority as M
 from clustering_jax.ops import mv_contrast as X
 from clustering_jax.ops import routing as R
@@ -147,9 +148,10 @@ def make_embed(net: MVSIBNet, block: int):
   return jax.jit(embed)
 
 
-def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, global_graph: bool):
-  """The engine steps (pre-training, Eq. 2; training, Eq. 5–52) and the per-epoch passes."""
+def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph: bool):
+  """The engine steps: pre-training (Eq. 2) and training (Eq. 5-52)."""
   C, E = int(n_clusters), int(cfg.epochs)
+  max_members = int(cfg.rho * n / C) + 1        # a minority cluster has < ρ n / C members
 
   def pretrain_step(state, consts, idx, w, key):
     views, pres = tuple(x[idx] for x in consts["views"]), consts["presence"]
@@ -171,24 +173,20 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, global_graph: bool):
     e, sw = c["epoch"].astype(jnp.float32), c["switch"]                  # e is 1-based
     e_w, e_c = cfg.e_w * sw["use_curriculum"], cfg.e_c * sw["use_curriculum"]
     s2, _ = X.stage_flags(e, e_w, e_c)
-    n_views, n_b = len(views), w.shape[0]
-    vw = U.view_row_weights(w, pres, n_views, n_b)
+    vw = U.view_row_weights(w, pres, len(views), w.shape[0])
 
     def loss_fn(params):
-      out = net.apply(params, views, pres)
+      out = net.apply(params, views, pres, decode=False)
       zs, zc, u_hat = out["zs"], out["z_cons"], out["u_hat"]
       _, m = U.gaussian_memberships(zs, c["centers_v"], c["sigma_v"])        # Eq. 5-7
       unc = U.sample_uncertainty(m, alpha=cfg.alpha_sce, weights=w, presence=pres)  # Eq. 8-12
       p_e = jnp.where(sw["use_curriculum"] > 0, U.uncertain_ratio(e, E, cfg.p0), cfg.p0)
       sel = U.select_uncertain(u_hat, p_e, weights=w)                     # Eq. 13-14, U_t
-      if global_graph:
+      if global_graph:                                                    # this epoch's votes
         dd, a = c["delta_d"][idx], c["a"][idx]
-      else:                                                               # per-batch graph
-        zg = zs if cfg.knn_graph == "views" else zc[None]
-        nb = R.neighbour_stats(zs, zs, R.batch_knn(zg, cfg.k, weights=w, presence=(
-            pres if cfg.knn_graph == "views" else None)), labels, ref_weights=w,
-            ref_presence=pres, anchor_weights=w, anchor_presence=pres)
-        votes = R.local_votes(labels, nb, presence=pres, weights=w)       # Eq. 15, 17
+      else:                                                               # Eq. 15, 17 per batch
+        votes = R.csd_votes(zs, labels, cfg.k, weights=w, presence=pres,
+                            z_graph=None if cfg.knn_graph == "views" else zc[None])
         dd, a = votes.delta_d, votes.a
       s = R.center_similarity(zc, c["centers_c"], labels)                 # Eq. 16
       f = R.csd_features(dd, s, a, weights=w)                             # Eq. 18
@@ -203,22 +201,12 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, global_graph: bool):
       push, pull = R.hn_push_pull_views(zs, c["centers_v"], labels, rt.hn * w,  # Eq. 26-28
                                         presence=pres, margin=cfg.margin,
                                         variant=cfg.hn_variant)
-      ps = M.pseudo_samples(key, zc, labels, c["minority"] * sw["use_ism"],     # Eq. 30-33
-                            c["centers_c"], n_pseudo=cfg.n_pseudo, weights=w)
-      sigma = M.median_bandwidth(zc, weights=w)                           # σ, σ_r of Eq. 34-36
-      mmd = M.mmd_per_cluster(zc, labels, ps, sigma=sigma, weights=w)     # Eq. 35
-      rep = M.repulsion_loss(ps, sigma_r=sigma)                           # Eq. 36
-      lam = jax.lax.cond(jnp.any(ps.weight > 0),      # λ_max(Σ'_c): eigvalsh only when needed
-                         lambda: M.amplified_cov_max_eig(zc, labels, C, n_pseudo=cfg.n_pseudo,
-                                                         weights=w),
-                         lambda: jnp.zeros((C,), zc.dtype))
-      r_max, r_min = M.safety_radii(lam, c["centers_c"])                  # Theorem B
-      bnd = M.boundary_loss(ps, c["centers_c"], r_max=r_max, r_min=r_min)  # Eq. 37
-      imb = M.imbalance_loss(mmd, rep, bnd, lambda_mmd=cfg.lambda_mmd,    # Eq. 38
-                             lambda_rep=cfg.lambda_rep, lambda_b=cfg.lambda_b)
-      _, u_cons = M.batch_cluster_stats(zc, labels, C, weights=w)         # Eq. 30
+      ism = M.ism_losses(key, zc, labels, c["minority"] * sw["use_ism"],  # Eq. 30-38
+                         c["centers_c"], n_pseudo=cfg.n_pseudo, weights=w,
+                         lambda_mmd=cfg.lambda_mmd, lambda_rep=cfg.lambda_rep,
+                         lambda_b=cfg.lambda_b, max_members=max_members)
       cnt_v, mu_v = jax.vmap(lambda z, wv: M.batch_cluster_stats(z, labels, C, weights=wv))(zs, vw)
-      l_c = X.cluster_contrast_views(u_cons, mu_v, ps, cnt_v, tau=cfg.tau)  # Eq. 39-43
+      l_c = X.cluster_contrast_views(ism.ps.means, mu_v, ism.ps, cnt_v, tau=cfg.tau)  # Eq. 39-43
       l_u = X.uncertainty_regression(u_hat, unc.u, weights=w)             # Eq. 45
       _, m_cons = U.gaussian_memberships(zc, c["centers_c"], c["sigma_c"])
       s_co = X.co_membership(labels, m_cons, weights=w)                   # §3.7.3 S
@@ -227,24 +215,24 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, global_graph: bool):
       l_feat = scl.loss * sw["use_scl"]
       total, parts = X.mvsib_objective(                                   # Eq. 46-47, 51-52
           e, l_c=l_c, l_feat=l_feat, l_u=l_u, l_push=push, l_pull=pull, l_cross=cross,
-          l_imb=imb, hn_gate=g, cross_gate=jnp.where(sw["use_curriculum"] > 0, ramp, 1.0),
+          l_imb=ism.loss, hn_gate=g, cross_gate=jnp.where(sw["use_curriculum"] > 0, ramp, 1.0),
           e_w=e_w, e_c=e_c, alpha=cfg.alpha_c, beta=cfg.beta_feat, lambda_u=cfg.lambda_u,
           lambda_hn=cfg.lambda_hn, beta_p=cfg.beta_p)
       has_fn = (jnp.sum(R.fn_pairs(labels, rt.fn, weights=w), 1) > 0) * vw   # FN(i) non-empty
       aux = {"loss": total, "l_c": jnp.sum(l_c), "l_feat": jnp.sum(l_feat), "l_u": l_u,
-             "l_push": jnp.sum(push), "l_pull": jnp.sum(pull), "l_cross": cross, "l_imb": imb,
-             "mmd": jnp.sum(mmd), "rep": rep, "bnd": bnd, "gate_hn": g, "u_bar": u_bar,
-             **{"term_" + k: v for k, v in parts.items()},
+             "l_push": jnp.sum(push), "l_pull": jnp.sum(pull), "l_cross": cross,
+             "l_imb": ism.loss, "mmd": jnp.sum(ism.mmd), "rep": ism.rep, "bnd": ism.bnd,
+             "gate_hn": g, "u_bar": u_bar, **{"term_" + k: v for k, v in parts.items()},
              "n_uncertain": jnp.sum(sel), "n_undecided": jnp.sum(rt.undecided),
              "theta_sum": jnp.sum(scl.theta * has_fn), "theta_cnt": jnp.sum(has_fn),
-             "n_pseudo": jnp.sum(ps.weight), "n_minority_batch": jnp.sum(jnp.max(ps.weight, 1))}
+             "n_pseudo": jnp.sum(ism.ps.weight),
+             "n_minority_batch": jnp.sum(jnp.max(ism.ps.weight, 1))}
       return total, (aux, R.route_codes(rt.fn, rt.hn), jnp.max(scl.theta * has_fn))
 
     (_, (aux, codes, t_max)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     ex = state.extra                                   # this epoch's route codes (§4.10)
-    n = ex["codes"].shape[0]
-    hit = jnp.zeros((n,)).at[idx].add(w)
-    val = jnp.zeros((n,)).at[idx].add(w * codes)
+    hit = jnp.zeros(ex["codes"].shape).at[idx].add(w)
+    val = jnp.zeros(ex["codes"].shape).at[idx].add(w * codes)
     ex = {**ex, "codes": jnp.where(hit > 0, val, ex["codes"]).astype(jnp.int32),
           "theta_max": jnp.maximum(ex["theta_max"], t_max)}
     return state.apply_gradients(grads=grads).replace(extra=ex), aux
@@ -252,63 +240,54 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, global_graph: bool):
   return pretrain_step, train_step
 
 
-def make_passes(net: MVSIBNet, cfg: Config, n_clusters: int, mask, global_graph: bool):
-  """`cluster(params, views, presence, key)`: embeddings and k-means of the consensus and of
-  each view (§3.3); `constants(...)`: σ (Eq. 6), S (§3.6.1) and the global CSD votes."""
-  C = int(n_clusters)
+def make_cluster_pass(net: MVSIBNet, cfg: Config, n_clusters: int, mask, global_graph: bool):
+  """`run(params, views, presence, key, prev_labels)`: one clustering pass (§3.3) with its
+  epoch constants: σ (Eq. 6), S (§3.6.1) and the global CSD votes (Eq. 15, 17)."""
+  C, n_init = int(n_clusters), cfg.kmeans_n_init
   embed = make_embed(net, cfg.embed_block)
   rows_of = None if mask is None else [np.flatnonzero(mask[:, v]) for v in range(mask.shape[1])]
 
   @jax.jit
-  def cluster(params, views, presence, key):
+  def cluster(params, views, presence, key):   # k-means of z^cons (row 0) and of every z^(v)
     zs, zc = embed(params, views, presence)
     keys = jax.random.split(key, len(views) + 1)
-    km = kmeans(keys[0], zc, C, n_init=cfg.kmeans_n_init)
-    if rows_of is None:
-      kv = jax.vmap(lambda k, z: kmeans(k, z, C, n_init=cfg.kmeans_n_init))(keys[1:], zs)
-      lab_v, cen_v = kv.labels, kv.centers
-    else:  # each view's k-means on the samples that have it (fixed row sets: one compile)
-      lab_v, cen_v = jnp.zeros(zs.shape[:2], jnp.int32), []
-      for v, rows in enumerate(rows_of):
-        kv = kmeans(keys[v + 1], zs[v][rows], C, n_init=cfg.kmeans_n_init)
-        lab_v, cen_v = lab_v.at[v, rows].set(kv.labels), cen_v + [kv.centers]
-      cen_v = jnp.stack(cen_v)
-    return zs, zc, km.labels, km.centers, lab_v, cen_v, km.inertia
+    if rows_of is None:                        # one k-means program, run V + 1 times
+      km = jax.lax.map(lambda a: kmeans(a[0], a[1], C, n_init=n_init),
+                       (keys, jnp.concatenate([zc[None], zs])))
+      return zs, zc, km.labels, km.centers, km.inertia[0]
+    km = kmeans(keys[0], zc, C, n_init=n_init)  # each view on the samples that have it
+    labs, cens = [km.labels], [km.centers]
+    for v, rows in enumerate(rows_of):
+      kv = kmeans(keys[v + 1], zs[v][rows], C, n_init=n_init)
+      labs, cens = labs + [km.labels.at[rows].set(kv.labels)], cens + [kv.centers]
+    return zs, zc, jnp.stack(labs), jnp.stack(cens), km.inertia
 
   @jax.jit
   def constants(zs, zc, labels, centers_c, lab_v, centers_v, presence):
-    sigma_v = U.cluster_bandwidths_views(zs, lab_v, centers_v, presence=presence)    # Eq. 6
-    sigma_c = U.cluster_bandwidths(zc, labels, centers_c)
-    counts = jnp.zeros((C,)).at[labels].add(1.0)
-    out = {"sigma_v": sigma_v, "sigma_c": sigma_c, "counts": counts,
-           "minority": M.minority_clusters(counts, cfg.rho)}                        # §3.6.1
+    out = {"sigma_v": U.cluster_bandwidths_views(zs, lab_v, centers_v, presence=presence),
+           "sigma_c": U.cluster_bandwidths(zc, labels, centers_c)}               # Eq. 6
+    out["minority"] = M.minority_clusters(jnp.zeros((C,)).at[labels].add(1.0), cfg.rho)  # S
     if global_graph:                                  # §3.3 / §4.4: the graph of all samples
-      zg = zs if cfg.knn_graph == "views" else zc[None]
-      graph = R.batch_knn(zg, cfg.k, presence=presence if cfg.knn_graph == "views" else None)
-      nb = R.neighbour_stats(zs, zs, graph, labels, ref_presence=presence,
-                             anchor_presence=presence)
-      votes = R.local_votes(labels, nb, presence=presence)                          # Eq. 15, 17
+      votes = R.csd_votes(zs, labels, cfg.k, presence=presence,
+                          z_graph=None if cfg.knn_graph == "views" else zc[None])
       out.update(delta_d=votes.delta_d, a=votes.a)
     return out
 
   def run(params, views, presence, key, prev_labels):
-    """One clustering pass; cluster ids aligned to prev_labels (host Hungarian matching)."""
-    zs, zc, lab, cen, lab_v, cen_v, inertia = cluster(params, views, presence, key)
-    lab_h, lab_vh = jax.device_get((lab, lab_v))                     # the pass's host sync
-    perm = align_partitions(lab_h, prev_labels, C) if prev_labels is not None else np.arange(C)
-    lab_h = perm[lab_h].astype(np.int32)
-    cen = cen[np.argsort(perm)]
-    cen_v_al, lab_v_al = [], []
+    """Cluster ids aligned to prev_labels and the views' to the consensus (host Hungarian)."""
+    zs, zc, labs, cens, inertia = cluster(params, views, presence, key)
+    labs, cens = jax.device_get((labs, cens))                       # the pass's host sync
+    perm = align_partitions(labs[0], prev_labels, C) if prev_labels is not None else np.arange(C)
+    lab = perm[labs[0]].astype(np.int32)
+    cen, cen_v, lab_v = cens[0][np.argsort(perm)], [], []
     for v in range(len(views)):
       rows = slice(None) if rows_of is None else rows_of[v]
-      pv = align_partitions(lab_vh[v][rows], lab_h[rows], C)       # view ids -> consensus ids
-      cen_v_al.append(cen_v[v][np.argsort(pv)])
-      lab_v_al.append(np.where(mask[:, v], pv[lab_vh[v]], lab_h) if mask is not None
-                      else pv[lab_vh[v]])
-    cen_v = jnp.stack(cen_v_al)
-    lab_v = jnp.asarray(np.stack(lab_v_al), jnp.int32)
-    k = constants(zs, zc, jnp.asarray(lab_h), cen, lab_v, cen_v, presence)
-    return {"labels": lab_h, "centers_c": cen, "centers_v": cen_v, "z_cons": zc,
+      pv = align_partitions(labs[v + 1][rows], lab[rows], C)         # view ids -> consensus ids
+      cen_v.append(cens[v + 1][np.argsort(pv)])
+      lab_v.append(pv[labs[v + 1]] if mask is None else np.where(mask[:, v], pv[labs[v + 1]], lab))
+    cen_v, lab_v = jnp.asarray(np.stack(cen_v)), jnp.asarray(np.stack(lab_v), jnp.int32)
+    k = constants(zs, zc, jnp.asarray(lab), jnp.asarray(cen), lab_v, cen_v, presence)
+    return {"labels": lab, "centers_c": jnp.asarray(cen), "centers_v": cen_v, "z_cons": zc,
             "inertia": inertia, **k}
 
   return run
@@ -329,8 +308,8 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
   if cfg.k >= (n if global_graph else min(cfg.batch_size, n)):
     raise ValueError(f"k={cfg.k} needs more samples per graph (n={n}, batch={cfg.batch_size})")
   net = make_net(cfg, dims)
-  pretrain_step, train_step = make_steps(net, cfg, C, global_graph)
-  cluster_pass = make_passes(net, cfg, C, mask, global_graph)
+  pretrain_step, train_step = make_steps(net, cfg, C, n, global_graph)
+  cluster_pass = make_cluster_pass(net, cfg, C, mask, global_graph)
   k_init, k_pre, k_km0, k_train = jax.random.split(key, 4)
   params = init_params(net, k_init, dims)
   info: dict = {"n_params": int(sum(a.size for a in jax.tree.leaves(params))),
@@ -351,9 +330,10 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
   init = cluster_pass(state.params, xs, presence, k_km0, None)
   run.log("init", 0, {"inertia": init["inertia"]}, labels=init["labels"])
 
-  # ---- stage 2: Algorithm 1 lines 4-16 --------------------------------------------------------
+  # ---- stage 2: Algorithm 1 lines 4-16 (the decoders stay out: Eq. 52 has no L_re) ----------
   scan = engine.ScannedEpoch(train_step)
   switch = {s: jnp.float32(getattr(cfg, s)) for s in SWITCHES}
+  params, decoders = split_decoders(state.params)
 
   def train_epoch(epoch, state):
     k_km, k_batch, k_steps = jax.random.split(epoch_key(k_train, epoch), 3)
@@ -370,26 +350,23 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
     state, m = scan(state, consts, idx, w, k_steps)                            # lines 6-15
     codes, prev, t_max = jax.device_get((state.extra["codes"], state.extra["prev_codes"],
                                          state.extra["theta_max"]))
-    rc, rc_n = R.routing_consistency(jnp.asarray(prev), jnp.asarray(codes))      # §4.10
-    e, curr = epoch + 1, cfg.use_curriculum
-    nb = idx.shape[0]
+    rc, rc_n = R.routing_consistency(prev, codes)                                # §4.10
+    e, curr, nb = epoch + 1, cfg.use_curriculum, idx.shape[0]
+    theta_sum, theta_cnt = m.pop("theta_sum"), m.pop("theta_cnt")
     metrics = {**m, "phase": 1 + int(e > cfg.e_w * curr) + int(e > cfg.e_c * curr),
                "p_e": float(U.uncertain_ratio(e, cfg.epochs, cfg.p0)) if curr else cfg.p0,
                "n_fn": int(np.sum(codes == 1)), "n_hn": int(np.sum(codes == 0)),
-               "hn_rate": float(R.hn_trigger_rate(jnp.asarray(codes))), "rc": float(rc),
-               "rc_n": int(rc_n),
-               "theta_mean": m["theta_sum"] / max(m["theta_cnt"], 1e-12),
-               "theta_max": float(t_max), "n_minority": int(np.sum(cl["minority"])),
-               "n_pseudo": m["n_pseudo"] * nb, "n_uncertain": m["n_uncertain"] * nb,
+               "hn_rate": float(R.hn_trigger_rate(codes)), "rc": float(rc), "rc_n": int(rc_n),
+               "theta_mean": theta_sum / max(theta_cnt, 1e-12), "theta_max": float(t_max),
+               "n_minority": int(np.sum(cl["minority"])), "n_pseudo": m["n_pseudo"] * nb,
+               "n_uncertain": m["n_uncertain"] * nb,
                "label_change": float(np.mean(cl["labels"] != np.asarray(ex["labels"])))}
-    for k in ("theta_sum", "theta_cnt"):
-      metrics.pop(k)
     return engine.Epoch(state, metrics, labels=cl["labels"])
 
   extra = {"labels": jnp.asarray(init["labels"]), "codes": jnp.full((n,), -1, jnp.int32),
            "prev_codes": jnp.full((n,), -1, jnp.int32), "theta_max": jnp.float32(0.0)}
-  state, train_info = engine.run_stage(run, "train", engine.new_state(state.params,
-                                                                      optimizer(cfg), extra),
+  state, train_info = engine.run_stage(run, "train", engine.new_state(params, optimizer(cfg),
+                                                                      extra),
                                        cfg.epochs, train_epoch, scans=(scan,))
 
   # ---- output: the final consensus embedding hardened to the final consensus centers -------
@@ -399,8 +376,8 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
   alpha = jax.nn.softmax(state.params["params"]["mvae"]["view_logits"])
   info.update(engine.timing_info({"pretrain": pre_info, "train": train_info}),
               view_weights=[round(float(a), 4) for a in alpha])
-  fstate = {"params": jax.tree.map(np.asarray, state.params), "view_dims": dims,
-            "centers": np.asarray(final["centers_c"])}
+  fstate = {"params": jax.tree.map(np.asarray, join_decoders(state.params, decoders)),
+            "view_dims": dims, "centers": np.asarray(final["centers_c"])}
   return FitResult(labels=labels.astype(np.int64), embedding=np.asarray(final["z_cons"]),
                    init_labels=init["labels"].astype(np.int64),
                    init_embedding=np.asarray(init["z_cons"]), state=fstate, info=info)

@@ -16,6 +16,7 @@ rows (shapes stay fixed); their outputs are simply weighted 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -160,8 +161,15 @@ class MVSIBNet(nn.Module):
     self.u_head = UncertaintyHead(self.head_hidden, self.act)
     self.router = RouterMLP(self.router_hidden, self.act)
 
-  def __call__(self, views: Sequence[jax.Array], presence: Optional[jax.Array] = None):
-    out = self.mvae(views, presence)
+  def __call__(self, views: Sequence[jax.Array], presence: Optional[jax.Array] = None, *,
+               decode: bool = True):
+    """decode=False leaves out x_hat: the decoders are then neither run nor needed in params
+    (the training stage's tree, `split_decoders`)."""
+    if decode:
+      out = self.mvae(views, presence)
+    else:
+      zs, z_cons, alpha = self.mvae.consensus(views, presence)
+      out = {"zs": zs, "z_cons": z_cons, "alpha": alpha}
     out["u_hat"] = self.u_head(out["z_cons"])
     return out
 
@@ -183,3 +191,20 @@ def init_params(net: MVSIBNet, key: jax.Array, view_dims: Sequence[int], *, batc
   """Parameters of every part of `net` from one key (dummy zero inputs of `batch` rows)."""
   views = tuple(jnp.zeros((batch, int(d)), jnp.float32) for d in view_dims)
   return net.init(key, views, method=MVSIBNet.init_all)
+
+
+
+def split_decoders(params):
+  """(params without the view decoders, the decoders): what the training stage optimizes (Eq.
+  52 has no L_re) and what stays as pre-trained. `join_decoders` puts them back."""
+  mvae = params["params"]["mvae"]
+  dec = {k: v["decoder"] for k, v in mvae.items() if isinstance(v, Mapping) and "decoder" in v}
+  kept = {k: ({"encoder": v["encoder"]} if k in dec else v) for k, v in mvae.items()}
+  return {**params, "params": {**params["params"], "mvae": kept}}, dec
+
+
+def join_decoders(params, decoders):
+  """Inverse of `split_decoders`: the full parameter tree."""
+  mvae = {k: ({**v, "decoder": decoders[k]} if k in decoders else v)
+          for k, v in params["params"]["mvae"].items()}
+  return {**params, "params": {**params["params"], "mvae": mvae}}

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from clustering_jax.ops.distances import cluster_sums, sq_dists
 from clustering_jax.ops.uncertainty import MIN_SIGMA, lower_median, row_weights
@@ -102,15 +103,25 @@ def pseudo_samples(key: jax.Array, z: jax.Array, labels: jax.Array, minority: ja
 
 def amplified_cov_max_eig(z: jax.Array, labels: jax.Array, n_clusters: int, *,
                           n_pseudo: int = 5, weights: Optional[jax.Array] = None,
-                          eps: float = COV_EPS) -> jax.Array:
-  """λ_max(Σ'_c) per cluster (Eq. 31-32), from the smaller of the (B, B) Gram and the (D, D)
-  scatter matrix; 0 for clusters with fewer than 2 members. No gradient. Returns (C,)."""
+                          eps: float = COV_EPS, max_members: Optional[int] = None) -> jax.Array:
+  """λ_max(Σ'_c) per cluster (Eq. 31-32), from the smaller of the (M, M) Gram and the (D, D)
+  scatter matrix; 0 for clusters with fewer than 2 members. No gradient. Returns (C,).
+
+  M = B, or max_members: each cluster's first max_members rows (batch order) are gathered
+  first, so the eigensolver works on (C, M, M) instead of (C, B, B). Exact for clusters with
+  at most max_members rows in the batch, e.g. every minority cluster (n_c < ρ n̄) with
+  max_members >= ρ n̄; a larger cluster gets the value of its first max_members rows."""
   z = jax.lax.stop_gradient(z)
   w = row_weights(weights, z.shape[0], z.dtype)
   counts, means = batch_cluster_stats(z, labels, n_clusters, weights=weights)
   memb = _membership(labels, n_clusters, jnp.sqrt(w))                            # (C, B)
-  x = memb[:, :, None] * (z[None, :, :] - means[:, None, :])                      # (C, B, D)
-  if z.shape[0] <= z.shape[1]:
+  if max_members is not None and max_members < z.shape[0]:
+    pick = jax.lax.top_k((memb > 0).astype(jnp.int32), int(max_members))[1]  # members, in order
+    rows, memb = z[pick], jnp.take_along_axis(memb, pick, 1)                     # (C, M, D)
+  else:
+    rows = jnp.broadcast_to(z[None], (n_clusters,) + z.shape)
+  x = memb[:, :, None] * (rows - means[:, None, :])                               # (C, M, D)
+  if x.shape[1] <= z.shape[1]:
     g = jnp.einsum("cbd,ced->cbe", x, x, precision=jax.lax.Precision.HIGHEST)
   else:
     g = jnp.einsum("cbd,cbe->cde", x, x, precision=jax.lax.Precision.HIGHEST)
@@ -158,8 +169,8 @@ def median_bandwidth(z: jax.Array, *, weights: Optional[jax.Array] = None,
   z = jax.lax.stop_gradient(z)
   n = z.shape[0]
   w = row_weights(weights, n, z.dtype) > 0
-  ok = w[:, None] & w[None, :] & (jnp.arange(n)[:, None] < jnp.arange(n)[None, :])
-  med = lower_median(sq_dists(z, z).reshape(-1), ok.reshape(-1))
+  i, j = np.triu_indices(n, 1)                       # the pairs i < j only: half the sort
+  med = lower_median(sq_dists(z, z)[i, j], w[i] & w[j])
   return jnp.maximum(jnp.sqrt(med), min_sigma)
 
 
@@ -238,3 +249,38 @@ def imbalance_loss(mmd: jax.Array, l_rep: jax.Array, l_b: jax.Array, *,
                    lambda_b: float = 0.1) -> jax.Array:
   """Eq. 38: L_imb = Σ_{c∈M} λ_mmd D^(c) + λ_rep L_rep + λ_b L_b. mmd (C,) (0 off M)."""
   return lambda_mmd * jnp.sum(mmd) + lambda_rep * l_rep + lambda_b * l_b
+
+
+class ISMLosses(NamedTuple):
+  loss: jax.Array      # () L_imb, Eq. 38
+  mmd: jax.Array       # (C,) D^(c), Eq. 35
+  rep: jax.Array       # () L_rep, Eq. 36
+  bnd: jax.Array       # () L_b, Eq. 37
+  ps: PseudoSamples    # the batch's pseudo-samples (Eq. 30-33), also used by Eq. 39-41
+
+
+def ism_losses(key: jax.Array, z: jax.Array, labels: jax.Array, minority: jax.Array,
+               centers: jax.Array, *, n_pseudo: int = 5, weights: Optional[jax.Array] = None,
+               lambda_mmd: float = 1.0, lambda_rep: float = 1.0, lambda_b: float = 0.1,
+               max_members: Optional[int] = None) -> ISMLosses:
+  """ISM on one batch (§3.6), Eq. 30-38 assembled: `pseudo_samples` of the minority clusters
+  present, σ = σ_r = `median_bandwidth` of z, `mmd_per_cluster`, `repulsion_loss`,
+  `boundary_loss` with Theorem B's `safety_radii` and `imbalance_loss`. λ_max(Σ'_c) (an
+  eigensolve, `amplified_cov_max_eig` with max_members) runs only when some pseudo-sample
+  exists; otherwise L_b has no term and the radii are not needed.
+
+  z (B, D) z^cons; labels (B,); minority (C,) S; centers (C, D) u^cons. Returns ISMLosses."""
+  n_clusters = centers.shape[0]
+  ps = pseudo_samples(key, z, labels, minority, centers, n_pseudo=n_pseudo, weights=weights)
+  sigma = median_bandwidth(z, weights=weights)                              # σ, σ_r of Eq. 34-36
+  mmd = mmd_per_cluster(z, labels, ps, sigma=sigma, weights=weights)         # Eq. 35
+  rep = repulsion_loss(ps, sigma_r=sigma)                                    # Eq. 36
+  lam = jax.lax.cond(jnp.any(ps.weight > 0),
+                     lambda: amplified_cov_max_eig(z, labels, n_clusters, n_pseudo=n_pseudo,
+                                                   weights=weights, max_members=max_members),
+                     lambda: jnp.zeros((n_clusters,), z.dtype))
+  r_max, r_min = safety_radii(lam, centers)                                  # Theorem B
+  bnd = boundary_loss(ps, centers, r_max=r_max, r_min=r_min)                 # Eq. 37
+  loss = imbalance_loss(mmd, rep, bnd, lambda_mmd=lambda_mmd, lambda_rep=lambda_rep,
+                        lambda_b=lambda_b)                                    # Eq. 38
+  return ISMLosses(loss, mmd, rep, bnd, ps)

@@ -131,6 +131,20 @@ def local_votes(anchor_labels: jax.Array, nb: Neighbours, *,
   return Votes(mean(dd_v), mean(a_v), jnp.where(vw, dd_v, 0.0), jnp.where(vw, a_v, 0.0))
 
 
+def csd_votes(zs: jax.Array, labels: jax.Array, k: int, *, z_graph: Optional[jax.Array] = None,
+              weights: Optional[jax.Array] = None,
+              presence: Optional[jax.Array] = None) -> Votes:
+  """Δd and a (Eq. 15, 17) of every row of zs from the kNN graph of those same rows (a batch,
+  or the whole data set for the global graph of §4.4): `batch_knn` per view of zs, or one
+  graph on z_graph (1, n, D) shared by the views (e.g. z^cons, §3.3), then `neighbour_stats`
+  and `local_votes`. zs (V, n, D), labels (n,), weights (n,), presence (n, V)."""
+  graph = batch_knn(zs if z_graph is None else z_graph, k, weights=weights,
+                    presence=presence if z_graph is None else None)
+  nb = neighbour_stats(zs, zs, graph, labels, ref_weights=weights, ref_presence=presence,
+                       anchor_weights=weights, anchor_presence=presence)
+  return local_votes(labels, nb, presence=presence, weights=weights)
+
+
 def center_similarity(z_cons: jax.Array, centers: jax.Array, labels: jax.Array) -> jax.Array:
   """Eq. 16: s_i = cos(z_i^cons, u_{l_i}^cons). z_cons (B, D), centers (C, D), labels (B,)."""
   return jnp.sum(unit(z_cons) * unit(centers)[labels], axis=-1)
