@@ -175,4 +175,4 @@ def test_timing_info_splits_the_fit_into_phases_that_add_up(tmp_path):
   assert sum(ph.values()) == pytest.approx(total, abs=0.02)
   assert ph["init_s"] >= 0.045 and ph["readout_s"] >= 0.045 and ph["train_s"] >= 0.085
   assert ph["compile_s"] > 0 and ph["save_s"] > 0             # the epoch's compile, checkpoints
-  assert ph["train_s"] + ph["compile_s"] + ph["save_s"] <= info["t_end"] - info["t_start"] + 1e-3
+  assert ph["train_s"] + ph["save_s"] <= info["t_end"] - info["t_start"]

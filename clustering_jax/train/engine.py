@@ -67,8 +67,10 @@ class TrainState:
 
 
 def new_state(params, tx, extra=None, apply_fn=None) -> TrainState:
+  """A TrainState at step 0. The optimizer state is built in one compiled call (op by op,
+  every parameter shape compiles its own zeros)."""
   return TrainState(step=jax.device_put(np.zeros((), np.int32)), apply_fn=apply_fn,
-                    params=params, tx=tx, opt_state=tx.init(params), extra=extra)
+                    params=params, tx=tx, opt_state=jax.jit(tx.init)(params), extra=extra)
 
 
 # -- batches -------------------------------------------------------------------------
