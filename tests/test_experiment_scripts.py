@@ -30,6 +30,7 @@ TINY = {"hidden": [16, 16, 32], "latent": 4, "pretrain_epochs": 2, "pretrain_bat
         "batch_size": 128, "kmeans_n_init": 2}
 
 
+@pytest.mark.slow
 def test_ulhe_ablation_shares_pretraining_and_matches_an_uninterrupted_fit(tmp_path):
   cfg_file = tmp_path / "tiny.json"
   cfg_file.write_text(json.dumps(TINY))
@@ -107,6 +108,7 @@ def test_ablation_pretrain_tag_keeps_earlier_work_directories():
       "idcl", dataclasses.replace(idcl.Config(), pretrain_schedule="constant"))
 
 
+@pytest.mark.slow
 def test_pretrain_schedule_scores_clean_reconstruction(tmp_path):
   """The selection score is Eq. 13 (summed over pixels, mean over samples) of the final
   autoencoder on the un-augmented images, one record per candidate and seed, no label

@@ -38,7 +38,7 @@ def test_registry_and_params():
   assert get_estimator("idcl") is IDCL
   est = IDCL(n_clusters=10)
   assert est.get_params()["alpha"] == 0.1 and est.get_params()["t_grow"] == 100.0
-  assert est.config.kmeans_init == "warm"   # seventh rule (docs/methods/idcl.md)
+  assert est.config.kmeans_init == "warm"   # docs/methods/idcl.md, "Defaults"
   assert est.config.pretrain_epochs == 1000 and est.config.epochs == 200
   # the pre-training ends at the clustering stage's rate, and follows it when lr changes
   assert est.config.pretrain_end_lr is None and est.config.pretrain_end_rate == est.config.lr
@@ -54,6 +54,7 @@ def test_registry_and_params():
     IDCL(n_clusters=3, not_a_param=1)
 
 
+@pytest.mark.slow
 def test_smoke_fit_tiny_digits(small_digits):
   run = Run(None)
   est = fit(small_digits, run=run)
@@ -141,6 +142,7 @@ def test_image_resize_rule():
   assert m.resize_side(cfg, (8, 8, 1)) is None
 
 
+@pytest.mark.slow
 def test_vector_data_uses_mlp():
   data = builtin.blobs(n_samples=120, n_clusters=3, n_features=6)
   est = fit(data, epochs=2)
@@ -179,6 +181,7 @@ def _killed_then_resumed(data, tmp_path, stage, epoch, **kw):
   return ref, resumed, [r["epoch"] for r in run.history[n_before:] if r["stage"] == stage][0]
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted(tmp_path, small_digits):
   ref, resumed, first = _killed_then_resumed(small_digits, tmp_path, "train", 2, epochs=4,
                                              tol=0.0)
@@ -190,6 +193,7 @@ def test_resume_matches_uninterrupted(tmp_path, small_digits):
   np.testing.assert_allclose(resumed.embedding_, ref.embedding_, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_loss_reductions_switch_the_objective():
   """kl_reduce="sum" is Eq. 14 as printed (Σ over the batch); rec_loss="sum" is Eq. 13."""
   rng = np.random.default_rng(3)
@@ -269,6 +273,7 @@ def test_pretrain_schedule_scales_the_adam_step():
   np.testing.assert_allclose(np.abs(leaves(moved["warmup_cosine"][1])).max(), 0.0005, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_pretrain_resume_keeps_the_schedule(tmp_path, small_digits):
   """The schedule reads Adam's checkpointed step count: a pre-training killed after one
   epoch and resumed ends where an uninterrupted one does."""
@@ -317,6 +322,7 @@ def _with_count(opt_state, count):
   return jax.tree.map(lambda a: jnp.asarray(count, a.dtype) if a.ndim == 0 else a, opt_state)
 
 
+@pytest.mark.slow
 def test_clustering_warmup_scales_the_stage_steps():
   """Config.warmup: the clustering stage's s-th step is Adam's step times min(1, (s+1)/W),
   counted from Adam's count at the stage start (the pre-training's steps, or 0 after a reset)."""
@@ -353,6 +359,7 @@ def test_clustering_warmup_scales_the_stage_steps():
     m.Config(warmup=1.5).validate()
 
 
+@pytest.mark.slow
 def test_clustering_stage_that_undoes_pretraining_warns(small_digits):
   """fit_info_ reports the largest clustering-epoch L_rec over the last pre-training one;
   a clustering lr far too large for the autoencoder raises it and fit warns (label free)."""
@@ -366,6 +373,7 @@ def test_clustering_stage_that_undoes_pretraining_warns(small_digits):
   assert est.fit_info_["cluster_rec_over_pretrain"] > 2
 
 
+@pytest.mark.slow
 def test_clustering_stage_shuffles_with_one_shape(small_digits, monkeypatch):
   """The curriculum set changes size every epoch; its shuffle must not (a new length is a
   new compile: 1-2 s per epoch on a GPU). Every shuffle of a fit has the length n."""

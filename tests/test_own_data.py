@@ -13,6 +13,7 @@ from clustering_jax.experiment import SUMMARY_KEYS
 VECTOR_METHODS = [m for m in available_methods() if get_estimator(m).accepts != "image"]
 
 
+@pytest.mark.slow
 def test_kmeans_clusters_an_unlabelled_npz_from_the_command_line(tmp_path):
   data = blobs_npz(tmp_path / "mine.npz", labels=False)
   out = tmp_path / "run"

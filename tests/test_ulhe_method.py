@@ -82,6 +82,7 @@ def test_self_paced_schedule_grows_easy_to_hard(smoke):
   assert n_train[0] == 3 * 11                            # ceil(32 / 3) per cluster
 
 
+@pytest.mark.slow
 def test_stop_rule_ends_training(blobs):
   data, _ = blobs
   # eta = 1.01: any change rate passes Eq. 14, so with one schedule step training stops at
@@ -174,6 +175,7 @@ def _tiny_images(n=48, seed=0):
   return from_arrays(x, n_clusters=3), y
 
 
+@pytest.mark.slow
 def test_augment_switches_change_each_stage_and_need_images(blobs):
   data, _ = _tiny_images()
   cfg = ulhe.Config(**TINY)
