@@ -64,6 +64,28 @@ def test_registry_defaults_and_validation():
     HaDis(n_clusters=3, not_a_param=1)
 
 
+def test_cpu_configs_load_and_validate():
+  """The CPU settings of docs/methods/hadis.md: the same network, heads and batch; hdigit-mnist
+  50 epochs with 3 warm-up epochs, digits 200 epochs with the 5 % warm-up (10)."""
+  from pathlib import Path
+
+  from clustering_jax.experiment import estimator_params, load_overrides
+  root = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+  cfgs = {}
+  for name in ("hadis_cpu", "hadis_digits"):
+    kw = estimator_params("hadis", overrides=load_overrides(str(root / f"{name}.json")))
+    cfgs[name] = HaDis(**kw).config
+    cfgs[name].validate()
+  cpu, dig = cfgs["hadis_cpu"], cfgs["hadis_digits"]
+  for c in (cpu, dig):
+    assert (c.backbone, tuple(c.widths), c.proj_hidden, c.proj_dim, c.pred_hidden,
+            c.batch_size) == ("cnn", (16, 32, 64, 128), 512, 128, 512, 256)
+  assert (cpu.epochs, cpu.warmup) == (50, 3)
+  assert (dig.epochs, dig.warmup) == (200, 10)
+  same = lambda c: dataclasses.replace(c, epochs=0, warmup_epochs=None)
+  assert same(cpu) == same(dig)
+
+
 def test_backbone_and_augmentation_by_shape():
   cfg = m.Config()
   assert m.backbone_kind(cfg, (8, 8, 1)) == "cnn"

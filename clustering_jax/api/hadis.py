@@ -15,8 +15,8 @@ class HaDis(ClusteringEstimator):
 
   Images only, (n, H, W, C) in [0, 1] (or (n, H, W) grayscale). Every keyword of
   `methods.hadis.Config` is a parameter (paper defaults: ResNet-18 for RGB, 1000 epochs,
-  batch 256); `--epochs` sets `epochs`. The small grayscale CPU setting is
-  experiments/configs/hadis_cpu.json.
+  batch 256); `--epochs` sets `epochs`. The small grayscale CPU settings are
+  experiments/configs/hadis_cpu.json (hdigit-mnist) and hadis_digits.json (digits).
 
   After fit: labels_ (k-means on the final teacher's features), embedding_ (n, proj_dim)
   ℓ2-normalized teacher features, init_labels_ / init_embedding_ (the random teacher),
