@@ -81,10 +81,10 @@ def _orth(y: np.ndarray) -> np.ndarray:
 
 def _scatter_panel(ax, xy, values, title, legend_title, explained):
   """One panel: points coloured by integer values, a legend and axis labels."""
-  import matplotlib.pyplot as plt
+  import matplotlib
   from matplotlib.lines import Line2D
   uniq = np.unique(values)
-  cmap = plt.get_cmap("tab10" if len(uniq) <= 10 else "tab20")
+  cmap = matplotlib.colormaps["tab10" if len(uniq) <= 10 else "tab20"]
   index = np.searchsorted(uniq, values)
   colors = cmap(index % cmap.N)
   ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=3, linewidths=0, rasterized=True)
@@ -105,9 +105,7 @@ def embedding_figure(embedding: np.ndarray, labels: np.ndarray, title: str,
                      true_labels: Optional[np.ndarray] = None, *, seed: int = 0):
   """The figure of embedding_2d.png: the projection coloured by cluster and, when ground
   truth exists, a second panel coloured by the true labels. Returns (figure, info)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure   # no pyplot: the caller's backend stays as it is
   labels = np.asarray(labels).reshape(-1)
   n = len(labels)
   keep = (np.sort(np.random.default_rng(seed).choice(n, MAX_POINTS, replace=False))
@@ -119,7 +117,8 @@ def embedding_figure(embedding: np.ndarray, labels: np.ndarray, title: str,
     true_labels = np.asarray(true_labels).reshape(-1)
     panels.append((true_labels[keep], f"true labels ({len(np.unique(true_labels))} classes)",
                    "class"))
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
+  fig = Figure(figsize=(5.6 * len(panels), 4.6))
+  axes = fig.subplots(1, len(panels), squeeze=False)
   for ax, (values, sub, legend_title) in zip(axes[0], panels):
     _scatter_panel(ax, xy, values, sub, legend_title, explained)
   fig.suptitle(title + (f" ({len(keep)} of {n} points)" if len(keep) < n else ""), fontsize=10)
@@ -136,10 +135,8 @@ def embedding_figure(embedding: np.ndarray, labels: np.ndarray, title: str,
 def plot_embedding(path: Path, embedding: np.ndarray, labels: np.ndarray, title: str,
                    true_labels: Optional[np.ndarray] = None) -> dict:
   """Writes embedding_2d.png (see embedding_figure); returns its info."""
-  import matplotlib.pyplot as plt
   fig, info = embedding_figure(embedding, labels, title, true_labels)
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return info
 
 
@@ -163,11 +160,10 @@ def curves_figure(history: list):
             if max(len({e for e, _ in pts}) for pts in terms.values()) >= 2}
   if not stages:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
   width = 5.0 * len(stages)
-  fig, axes = plt.subplots(1, len(stages), figsize=(width, 3.5), squeeze=False)
+  fig = Figure(figsize=(width, 3.5))
+  axes = fig.subplots(1, len(stages), squeeze=False)
   for ax, (stage, terms) in zip(axes[0], stages.items()):
     for k, pts in terms.items():
       ax.plot(*zip(*pts), label=k, marker="o" if len(pts) < 2 else None, markersize=3)
@@ -186,7 +182,5 @@ def plot_curves(path: Path, history: list) -> bool:
   fig = curves_figure(history)
   if fig is None:
     return False
-  import matplotlib.pyplot as plt
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return True
