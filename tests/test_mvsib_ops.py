@@ -13,9 +13,11 @@ import pytest
 
 from clustering_jax.nets.multiview import fuse_views
 from clustering_jax.ops import minority as M
+from clustering_jax.ops import mv_clusters as MC
 from clustering_jax.ops import mv_contrast as X
 from clustering_jax.ops import routing as R
 from clustering_jax.ops import uncertainty as U
+from clustering_jax.ops.kmeans import kmeans
 
 RTOL, ATOL = 1e-4, 1e-5
 EPS = 1e-12
@@ -568,6 +570,13 @@ def test_routing_metrics():
   close(R.routing_consistency(jnp.full(3, -1), cur[:3])[0], 0.0)
   codes = R.route_codes(jnp.array([1.0, 0, 0]), jnp.array([0.0, 1, 0]))
   np.testing.assert_array_equal(codes, [1, 0, -1])
+  summary = jax.jit(R.routing_summary)(prev, cur)
+  assert (int(summary["n_fn"]), int(summary["n_hn"]), int(summary["rc_n"])) == (3, 1, 3)
+  close([summary["rc"], summary["hn_rate"]], [2 / 3, 1 / 4])
+  # a batch's codes written into the epoch's record; padding rows (weight 0, index 0) do nothing
+  rec = jax.jit(R.record_codes)(jnp.full(6, -1), jnp.array([4, 1, 0, 0]),
+                                jnp.array([1.0, 1.0, 0.0, 0.0]), jnp.array([1, 0, 1, 1]))
+  np.testing.assert_array_equal(rec, [-1, 0, -1, -1, 1, -1])
 
 
 # ----------------------------------------------------------------------------- Eq. 30-38
@@ -739,6 +748,22 @@ def test_ism_losses_assembles_eq30_38():
   none, _ = both(np.zeros(4, np.float32))         # no minority cluster: no ISM term at all
   assert float(none.loss) == 0.0 and float(jnp.sum(none.ps.weight)) == 0.0
 
+
+# ----------------------------------------------------------------------------- Eq. 2
+def test_reconstruction_loss_matches_eq2_with_padding_and_missing_views():
+  rng = np.random.default_rng(3)
+  views = [rng.normal(size=(5, d)).astype(np.float32) for d in (3, 2)]
+  x_hat = [rng.normal(size=(5, d)).astype(np.float32) for d in (3, 2)]
+  w = np.array([1, 1, 1, 1, 0], np.float32)
+  pres = np.ones((5, 2), np.float32)
+  pres[1, 0] = 0
+  f = jax.jit(lambda v, h, w, p: X.reconstruction_loss(v, h, weights=w, presence=p))
+  ref = sum(np.sum((views[v][i] - x_hat[v][i]) ** 2) for v in range(2) for i in range(4)
+            if pres[i, v]) / 4
+  close(f(views, x_hat, w, pres), ref)
+  mean = X.reconstruction_loss(views, x_hat, reduction="mean")
+  close(mean, sum(np.mean((views[v] - x_hat[v]) ** 2, 1).sum() for v in range(2)) / 5)
+
 # ----------------------------------------------------------------------------- Eq. 39-43
 def np_cluster_contrast(uc, mv, psi, pw, cw, tau, eps=1e-8):
   C = len(uc)
@@ -766,6 +791,15 @@ def test_cluster_contrast_matches_eq39_43():
     close(out[v], np_cluster_contrast(np.asarray(uc, np.float64), mv[v].astype(np.float64),
                                       np.asarray(ps.psi, np.float64), np.asarray(ps.weight),
                                       np.asarray(cnt) > 0, 0.5))
+  vw = np.ones((2, len(b["labels"])), np.float32)
+  vw[1, b["labels"] == 3] = 0                        # cluster 3 absent from view 1
+  batch = jax.jit(lambda zs, ps, vw: X.cluster_contrast_batch(zs, b["labels"], ps, view_weights=vw,
+                                                              tau=0.5))(b["zs"], ps, vw)
+  mv1 = np.asarray(M.batch_cluster_stats(b["zs"][1], b["labels"], 4, weights=vw[1])[1])
+  close(batch[0], out[0])
+  close(batch[1], np_cluster_contrast(np.asarray(ps.means, np.float64), mv1.astype(np.float64),
+                                      np.asarray(ps.psi, np.float64), np.asarray(ps.weight),
+                                      np.asarray(cnt) * [1, 1, 1, 0] > 0, 0.5))
   # without pseudo-samples it is a plain centroid InfoNCE; absent clusters are left out
   nops = ps._replace(weight=jnp.zeros_like(ps.weight))
   cw = np.array([1, 1, 0, 1.0])
@@ -937,6 +971,19 @@ def test_stage_objectives():
   assert float(s2) == 1.0 and float(s3) == 0.0
 
 
+def test_stage_schedule():
+  sched = jax.jit(lambda e, cur: X.stage_schedule(e, 100, e_w=10, e_c=20, p0=0.3,
+                                                  undecided_frac=0.1, curriculum=cur))
+  for e, phase, und, gate in ((1, 1, 0.1, 0.0), (11, 2, 0.1, 0.0), (20, 2, 0.1, 0.0),
+                              (60, 3, 0.0, 40 / 80), (100, 3, 0.0, 1.0)):
+    s = sched(e, 1.0)
+    close([s.phase, s.undecided_frac, s.cross_gate, s.p_e],
+          [phase, und, gate, 0.3 * (1 - (e - 1) / 99)])
+  off = sched(60, 0.0)                   # §4.7 without the curriculum: everything from epoch 1
+  close([off.e_w, off.e_c, off.phase, off.p_e, off.undecided_frac, off.cross_gate],
+        [0, 0, 3, 0.3, 0, 1])
+
+
 # ----------------------------------------------------------------------------- degenerate
 C, P, K = 4, 4, 3
 
@@ -1097,3 +1144,36 @@ def test_small_ops_jit_equals_eager():
   close(U.descending_rank(np.array([0.2, 0.9, 0.5, 0.9]), np.array([1, 1, 0, 1]) > 0), [2, 0, 3, 1])
   close(X.normalize_rows(np.array([[0.0, 2, 2], [0, 0, 0], [1, 3, 0]])),
         [[0, 0.5, 0.5], [0, 0, 0], [0.25, 0.75, 0]])
+
+
+# ----------------------------------------------------------------------------- §3.3 per epoch
+def test_match_ids_aligns_consensus_to_previous_and_views_to_consensus():
+  prev = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+  cons = np.array([2, 2, 2, 0, 0, 1, 1, 1, 0])          # prev's clusters under other names
+  view = np.array([1, 1, 0, 2, 2, 0, 0, 0, 0])
+  lab, order = MC.match_ids(np.stack([cons, view]), prev, 3)
+  np.testing.assert_array_equal(lab, [0, 0, 0, 1, 1, 2, 2, 2, 1])
+  # orders move per-cluster arrays into the matched ids: here the sums of the row numbers
+  rowsum = lambda l: np.bincount(l, weights=np.arange(9), minlength=3)
+  np.testing.assert_array_equal(rowsum(cons)[order[0]], rowsum(lab))
+  np.testing.assert_array_equal(rowsum(view)[order[1]], [1, 7, 28])  # view 1, 2, 0 -> 0, 1, 2
+  lab0, order0 = MC.match_ids(np.stack([cons, view]), None, 3)    # no previous pass: kept
+  np.testing.assert_array_equal(lab0, cons)
+  np.testing.assert_array_equal(order0[0], [0, 1, 2])
+  rows = [np.array([0, 1, 3, 4, 5])]                    # the view only on the rows that have it
+  _, order_r = MC.match_ids(np.stack([cons, np.where(np.arange(9) < 6, view, 2)]), prev, 3, rows)
+  np.testing.assert_array_equal(order_r[1], order[1])
+
+
+@pytest.mark.slow   # two k-means compiles (12 and 11 rows): ~3 s; the fits cover it too
+def test_view_clusters_match_kmeans_per_embedding_and_missing_view_rows():
+  rng = np.random.default_rng(0)
+  z = np.concatenate([rng.normal(size=(3, 6, 2)), rng.normal(size=(3, 6, 2)) + 6], 1)
+  z = z.astype(np.float32)
+  key, rows = jax.random.key(4), [np.arange(12), np.arange(1, 12)]   # view 2 misses sample 0
+  km = MC.view_clusters(key, z, 2, n_init=2, rows_of=rows)  # eager: kmeans' own jit, 2 shapes
+  for r, (k, x) in enumerate(zip(jax.random.split(key, 3), [z[0], z[1], z[2, 1:]])):
+    ref = kmeans(k, x, 2, n_init=2)
+    np.testing.assert_array_equal(km.labels[r, 12 - len(x):], ref.labels)
+    close(km.centers[r], ref.centers)
+  assert int(km.labels[2, 0]) == int(km.labels[0, 0])    # a missing row carries the consensus id

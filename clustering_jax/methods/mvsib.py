@@ -1,26 +1,20 @@
 """MVSIB: multi-view clustering of challenging samples under class imbalance (paper 000).
 
-Zhao et al. (papers/000_…), Algorithm 1 on `train.engine`, two stages:
-  1. "pretrain": the view autoencoders on L_re (Eq. 2), Algorithm 1 line 1;
-  2. "train": the three-stage objective (§3.7) on the encoders, view weights, û head and
-     router (the decoders stay as pre-trained: Eq. 52 has no L_re). Each epoch (the slow time
-     scale of §3.6, Theorem C1) embeds every sample once and runs k-means on the consensus and
-     on every view (§3.3; view cluster ids matched to the consensus ids, those to the previous
-     epoch's), then fixes for the epoch the pseudo-labels, the centers, the bandwidths σ
-     (Eq. 6), the minority set S (§3.6.1) and, for n < 10,000, the CSD votes Δd, a (Eq. 15,
-     17) on the per-view kNN graph of all samples (per batch above, §4.4). One scanned epoch
-     follows; its step computes Eq. 5-52 on the batch, the stage picked from the traced epoch,
-     so one compiled program serves all three stages and every ablation switch.
-Output (Algorithm 1): the final consensus embedding assigned to the nearest final consensus
-center. Missing views (`Views.mask`) are handled: every view-wise term takes presence weights,
-and each view's k-means runs on the samples that have the view.
-Defaults and choices: docs/methods/mvsib.md.
+Algorithm 1 on `train.engine`: stage "pretrain" fits the view autoencoders on L_re (Eq. 2);
+stage "train" optimizes the encoders, view weights, û head and router (Eq. 52 has no L_re: the
+decoders stay as pre-trained). Each training epoch (the slow time scale of §3.6) embeds every
+sample and runs k-means on z^cons and every z^(v) (§3.3, ids matched across views and epochs),
+which fixes the epoch's pseudo-labels, centers, σ (Eq. 6), minority set S (§3.6.1) and, for
+n < 10,000, the CSD votes on the kNN graph of all samples (Eq. 15, 17; per batch above, §4.4);
+one scanned epoch of steps (Eq. 5-52, the stage picked from the traced epoch: one compile)
+follows. Output: the final z^cons assigned to the nearest final consensus center. Missing
+views (`Views.mask`) are weighted out everywhere. Defaults and choices: docs/methods/mvsib.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
+from typing import NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +24,12 @@ import optax
 from clustering_jax.methods.base import FitResult, Views, in_range, one_of
 from clustering_jax.nets.multiview import MVSIBNet, init_params, join_decoders, split_decoders
 from clustering_jax.ops import minority as M
+from clustering_jax.ops import mv_clusters as K
 from clustering_jax.ops import mv_contrast as X
 from clustering_jax.ops import routing as R
 from clustering_jax.ops import uncertainty as U
 from clustering_jax.ops.distances import map_row_blocks
-from clustering_jax.ops.kmeans import assign, kmeans
-from clustering_jax.ops.partitions import align_partitions
+from clustering_jax.ops.kmeans import assign
 from clustering_jax.train import engine
 from clustering_jax.train.batching import epoch_key, epoch_permutation
 from clustering_jax.train.run import Run
@@ -45,18 +39,14 @@ SWITCHES = ("use_ism", "use_routing", "use_scl", "use_curriculum")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """MVSIB settings: §4.4 and docs/methods/mvsib.md (every default and its source).
+  """MVSIB settings; every default and its source: docs/methods/mvsib.md.
 
-  hidden, latent: view autoencoders d_v-500-500-2000-256. rec_loss: Eq. 2 summed ("sum") or
-  averaged ("mean") over features. pretrain_epochs, epochs, batch_size, lr, weight_decay:
-  200, 100, 256, Adam 1e-4, 0 (§4.4). tau: 0.5 (§4.4). e_w, e_c: stage bounds (§3.7).
-  k: kNN neighbours; knn_global_max: global graph below this n (§4.4). knn_graph: one graph
-  per view ("views") or one on z^cons ("consensus", §3.3). p0, alpha_sce: Eq. 13, Eq. 11.
-  alpha_c, beta_feat, lambda_u: Eq. 46; lambda_hn: Eq. 47; beta_p: Eq. 51.
-  undecided_frac, pi_fn, theta_bound ("batch" = Appendix A.11, or a constant Θ; 1 = none),
-  margin, mu_start, mu_end, hn_variant: §3.5. rho, n_pseudo, lambda_mmd, lambda_rep, lambda_b:
-  §3.6. use_ism, use_routing, use_scl, use_curriculum: the ablations of §4.7 (curriculum off:
-  every term from epoch 1, p_e = p0). kmeans_n_init: restarts of each k-means.
+  Network, schedule (§4.4, §3.7): hidden, latent, rec_loss (Eq. 2), pretrain_epochs, epochs,
+  batch_size, lr, weight_decay, tau, e_w, e_c. SCE: p0 (Eq. 13), alpha_sce (Eq. 11). CSD
+  (§3.5): k, knn_global_max, knn_graph, undecided_frac, pi_fn, theta_bound ("batch" = Appendix
+  A.11, or Θ in (0, 1]), margin, mu_start, mu_end, hn_variant. ISM (§3.6): rho, n_pseudo,
+  lambda_mmd, lambda_rep, lambda_b. Eq. 46-51: alpha_c, beta_feat, lambda_u, lambda_hn, beta_p.
+  §4.7 ablations: use_ism, use_routing, use_scl, use_curriculum. kmeans_n_init, embed_block.
   """
 
   hidden: tuple = (500, 500, 2000)
@@ -100,22 +90,22 @@ class Config:
   embed_block: int = 1024
 
   def validate(self):
-    one_of(self, "rec_loss", ("sum", "mean"))
-    one_of(self, "knn_graph", ("views", "consensus"))
-    one_of(self, "hn_variant", R.HN_VARIANTS)
+    for name, options in (("rec_loss", ("sum", "mean")), ("knn_graph", ("views", "consensus")),
+                          ("hn_variant", R.HN_VARIANTS)):
+      one_of(self, name, options)
     if self.theta_bound != "batch":
       in_range(self, "theta_bound", 0.0, 1.0, lo_open=True)
     for name in ("latent", "batch_size", "k", "n_pseudo", "kmeans_n_init", "embed_block"):
       in_range(self, name, 1)
-    for name in ("pretrain_epochs", "epochs", "e_w", "weight_decay", "knn_global_max",
-                 "alpha_c", "beta_feat", "lambda_u", "lambda_hn", "beta_p", "lambda_mmd",
-                 "lambda_rep", "lambda_b"):
+    for name in ("pretrain_epochs", "epochs", "e_w", "weight_decay", "knn_global_max", "alpha_c",
+                 "beta_feat", "lambda_u", "lambda_hn", "beta_p", "lambda_mmd", "lambda_rep",
+                 "lambda_b"):
       in_range(self, name, 0)
+    for name in ("p0", "alpha_sce", "undecided_frac", "pi_fn"):
+      in_range(self, name, 0.0, 1.0)
     in_range(self, "e_c", self.e_w)
     for name in ("lr", "tau"):
       in_range(self, name, 0.0, lo_open=True)
-    for name in ("p0", "alpha_sce", "undecided_frac", "pi_fn"):
-      in_range(self, name, 0.0, 1.0)
     in_range(self, "rho", 0.0, 1.0, lo_open=True, hi_open=True)
     in_range(self, "mu_end", self.mu_start, lo_open=True)
     for name in SWITCHES:
@@ -153,26 +143,21 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph
   C, E = int(n_clusters), int(cfg.epochs)
   max_members = int(cfg.rho * n / C) + 1        # a minority cluster has < ρ n / C members
 
-  def pretrain_step(state, consts, idx, w, key):
-    views, pres = tuple(x[idx] for x in consts["views"]), consts["presence"]
-    pres = None if pres is None else pres[idx]
+  def rows(c, idx):                            # the batch's views and presence
+    return tuple(x[idx] for x in c["views"]), None if c["presence"] is None else c["presence"][idx]
 
-    def loss_fn(params):                                                      # Eq. 2
-      x_hat = net.apply(params, views, pres)["x_hat"]
-      red = jnp.sum if cfg.rec_loss == "sum" else jnp.mean
-      per = jnp.stack([red((x - xh) ** 2, -1) for x, xh in zip(views, x_hat)])  # (V, B)
-      vw = U.view_row_weights(w, pres, len(views), w.shape[0])
-      return jnp.sum(per * vw) / jnp.maximum(jnp.sum(w), 1.0)
-
-    loss, g = jax.value_and_grad(loss_fn)(state.params)
+  def pretrain_step(state, c, idx, w, key):
+    views, pres = rows(c, idx)
+    loss, g = jax.value_and_grad(lambda p: X.reconstruction_loss(                # Eq. 2
+        views, net.apply(p, views, pres)["x_hat"], weights=w, presence=pres,
+        reduction=cfg.rec_loss))(state.params)
     return state.apply_gradients(grads=g), {"loss_rec": loss}
 
   def train_step(state, c, idx, w, key):
-    views, labels = tuple(x[idx] for x in c["views"]), c["labels"][idx]
-    pres = None if c["presence"] is None else c["presence"][idx]
-    e, sw = c["epoch"].astype(jnp.float32), c["switch"]                  # e is 1-based
-    e_w, e_c = cfg.e_w * sw["use_curriculum"], cfg.e_c * sw["use_curriculum"]
-    s2, _ = X.stage_flags(e, e_w, e_c)
+    (views, pres), labels = rows(c, idx), c["labels"][idx]
+    e, sw = c["epoch"], c["switch"]                                      # e is 1-based
+    sch = X.stage_schedule(e, E, e_w=cfg.e_w, e_c=cfg.e_c, p0=cfg.p0,         # §3.7, Eq. 13
+                           undecided_frac=cfg.undecided_frac, curriculum=sw["use_curriculum"])
     vw = U.view_row_weights(w, pres, len(views), w.shape[0])
 
     def loss_fn(params):
@@ -180,8 +165,7 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph
       zs, zc, u_hat = out["zs"], out["z_cons"], out["u_hat"]
       _, m = U.gaussian_memberships(zs, c["centers_v"], c["sigma_v"])        # Eq. 5-7
       unc = U.sample_uncertainty(m, alpha=cfg.alpha_sce, weights=w, presence=pres)  # Eq. 8-12
-      p_e = jnp.where(sw["use_curriculum"] > 0, U.uncertain_ratio(e, E, cfg.p0), cfg.p0)
-      sel = U.select_uncertain(u_hat, p_e, weights=w)                     # Eq. 13-14, U_t
+      sel = U.select_uncertain(u_hat, sch.p_e, weights=w)                 # Eq. 13-14, U_t
       if global_graph:                                                    # this epoch's votes
         dd, a = c["delta_d"][idx], c["a"][idx]
       else:                                                               # Eq. 15, 17 per batch
@@ -191,8 +175,8 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph
       s = R.center_similarity(zc, c["centers_c"], labels)                 # Eq. 16
       f = R.csd_features(dd, s, a, weights=w)                             # Eq. 18
       rt = R.route(net.apply(params, f, method="route"),                  # Eq. 19-23
-                   sel * w * s2 * sw["use_routing"],
-                   undecided_frac=jnp.where(e <= e_c, cfg.undecided_frac, 0.0))
+                   sel * w * (sch.phase > 1) * sw["use_routing"],
+                   undecided_frac=sch.undecided_frac)
       u_bar = U.weighted_mean(unc.u, w)
       g = R.hn_gate(u_bar, cfg.mu_start, cfg.mu_end)                      # Eq. 29
       scl = X.scl_views(zs, zc, labels, rt.fn, tau=cfg.tau, pi_fn=cfg.pi_fn,   # Eq. 24-25, 44
@@ -205,19 +189,17 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph
                          c["centers_c"], n_pseudo=cfg.n_pseudo, weights=w,
                          lambda_mmd=cfg.lambda_mmd, lambda_rep=cfg.lambda_rep,
                          lambda_b=cfg.lambda_b, max_members=max_members)
-      cnt_v, mu_v = jax.vmap(lambda z, wv: M.batch_cluster_stats(z, labels, C, weights=wv))(zs, vw)
-      l_c = X.cluster_contrast_views(ism.ps.means, mu_v, ism.ps, cnt_v, tau=cfg.tau)  # Eq. 39-43
+      l_c = X.cluster_contrast_batch(zs, labels, ism.ps, view_weights=vw, tau=cfg.tau)  # Eq. 39-43
       l_u = X.uncertainty_regression(u_hat, unc.u, weights=w)             # Eq. 45
       _, m_cons = U.gaussian_memberships(zc, c["centers_c"], c["sigma_c"])
       s_co = X.co_membership(labels, m_cons, weights=w)                   # §3.7.3 S
       cross = X.cross_view_loss(zs, zc, s_co, tau=cfg.tau, weights=w, presence=pres)  # Eq. 48-50
-      ramp = jnp.clip((e - e_c) / jnp.maximum(E - e_c, 1.0), 0.0, 1.0)     # Eq. 51's g
       l_feat = scl.loss * sw["use_scl"]
       total, parts = X.mvsib_objective(                                   # Eq. 46-47, 51-52
           e, l_c=l_c, l_feat=l_feat, l_u=l_u, l_push=push, l_pull=pull, l_cross=cross,
-          l_imb=ism.loss, hn_gate=g, cross_gate=jnp.where(sw["use_curriculum"] > 0, ramp, 1.0),
-          e_w=e_w, e_c=e_c, alpha=cfg.alpha_c, beta=cfg.beta_feat, lambda_u=cfg.lambda_u,
-          lambda_hn=cfg.lambda_hn, beta_p=cfg.beta_p)
+          l_imb=ism.loss, hn_gate=g, cross_gate=sch.cross_gate, e_w=sch.e_w, e_c=sch.e_c,
+          alpha=cfg.alpha_c, beta=cfg.beta_feat, lambda_u=cfg.lambda_u, lambda_hn=cfg.lambda_hn,
+          beta_p=cfg.beta_p)
       has_fn = (jnp.sum(R.fn_pairs(labels, rt.fn, weights=w), 1) > 0) * vw   # FN(i) non-empty
       aux = {"loss": total, "l_c": jnp.sum(l_c), "l_feat": jnp.sum(l_feat), "l_u": l_u,
              "l_push": jnp.sum(push), "l_pull": jnp.sum(pull), "l_cross": cross,
@@ -231,64 +213,53 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph
 
     (_, (aux, codes, t_max)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     ex = state.extra                                   # this epoch's route codes (§4.10)
-    hit = jnp.zeros(ex["codes"].shape).at[idx].add(w)
-    val = jnp.zeros(ex["codes"].shape).at[idx].add(w * codes)
-    ex = {**ex, "codes": jnp.where(hit > 0, val, ex["codes"]).astype(jnp.int32),
+    ex = {**ex, "codes": R.record_codes(ex["codes"], idx, w, codes),
           "theta_max": jnp.maximum(ex["theta_max"], t_max)}
     return state.apply_gradients(grads=grads).replace(extra=ex), aux
 
   return pretrain_step, train_step
 
 
+class ClusterPass(NamedTuple):
+  labels: np.ndarray   # (n,) consensus pseudo-labels, ids matched to the previous pass's
+  consts: dict         # the epoch's constants for the step: labels, centers, σ, S, votes
+  z_cons: jax.Array    # (n, D) the consensus embedding clustered
+  inertia: jax.Array   # () k-means inertia on z^cons
+
+
 def make_cluster_pass(net: MVSIBNet, cfg: Config, n_clusters: int, mask, global_graph: bool):
-  """`run(params, views, presence, key, prev_labels)`: one clustering pass (§3.3) with its
-  epoch constants: σ (Eq. 6), S (§3.6.1) and the global CSD votes (Eq. 15, 17)."""
-  C, n_init = int(n_clusters), cfg.kmeans_n_init
+  """`run(params, views, presence, key, prev_labels) -> ClusterPass`: one clustering pass."""
+  C = int(n_clusters)
   embed = make_embed(net, cfg.embed_block)
   rows_of = None if mask is None else [np.flatnonzero(mask[:, v]) for v in range(mask.shape[1])]
 
   @jax.jit
-  def cluster(params, views, presence, key):   # k-means of z^cons (row 0) and of every z^(v)
+  def cluster(params, views, presence, key):
+    """k-means (§3.3) of z^cons and every z^(v), each cluster's σ (Eq. 6), S (§3.6.1) and the
+    global CSD votes (Eq. 15, 17; invariant to renaming clusters), in the k-means' own ids."""
     zs, zc = embed(params, views, presence)
-    keys = jax.random.split(key, len(views) + 1)
-    if rows_of is None:                        # one k-means program, run V + 1 times
-      km = jax.lax.map(lambda a: kmeans(a[0], a[1], C, n_init=n_init),
-                       (keys, jnp.concatenate([zc[None], zs])))
-      return zs, zc, km.labels, km.centers, km.inertia[0]
-    km = kmeans(keys[0], zc, C, n_init=n_init)  # each view on the samples that have it
-    labs, cens = [km.labels], [km.centers]
-    for v, rows in enumerate(rows_of):
-      kv = kmeans(keys[v + 1], zs[v][rows], C, n_init=n_init)
-      labs, cens = labs + [km.labels.at[rows].set(kv.labels)], cens + [kv.centers]
-    return zs, zc, jnp.stack(labs), jnp.stack(cens), km.inertia
-
-  @jax.jit
-  def constants(zs, zc, labels, centers_c, lab_v, centers_v, presence):
-    out = {"sigma_v": U.cluster_bandwidths_views(zs, lab_v, centers_v, presence=presence),
-           "sigma_c": U.cluster_bandwidths(zc, labels, centers_c)}               # Eq. 6
-    out["minority"] = M.minority_clusters(jnp.zeros((C,)).at[labels].add(1.0), cfg.rho)  # S
+    z_all = jnp.concatenate([zc[None], zs])
+    km = K.view_clusters(key, z_all, C, n_init=cfg.kmeans_n_init, rows_of=rows_of)
+    pres = None if presence is None else jnp.concatenate([jnp.ones_like(presence[:, :1]),
+                                                          presence], 1)
+    out = {"sigma": U.cluster_bandwidths_views(z_all, km.labels, km.centers, presence=pres),
+           "minority": M.minority_clusters(jnp.zeros((C,)).at[km.labels[0]].add(1.0), cfg.rho)}
     if global_graph:                                  # §3.3 / §4.4: the graph of all samples
-      votes = R.csd_votes(zs, labels, cfg.k, presence=presence,
+      votes = R.csd_votes(zs, km.labels[0], cfg.k, presence=presence,
                           z_graph=None if cfg.knn_graph == "views" else zc[None])
       out.update(delta_d=votes.delta_d, a=votes.a)
-    return out
+    return zc, km.labels, km.centers, km.inertia[0], out
 
-  def run(params, views, presence, key, prev_labels):
-    """Cluster ids aligned to prev_labels and the views' to the consensus (host Hungarian)."""
-    zs, zc, labs, cens, inertia = cluster(params, views, presence, key)
-    labs, cens = jax.device_get((labs, cens))                       # the pass's host sync
-    perm = align_partitions(labs[0], prev_labels, C) if prev_labels is not None else np.arange(C)
-    lab = perm[labs[0]].astype(np.int32)
-    cen, cen_v, lab_v = cens[0][np.argsort(perm)], [], []
-    for v in range(len(views)):
-      rows = slice(None) if rows_of is None else rows_of[v]
-      pv = align_partitions(labs[v + 1][rows], lab[rows], C)         # view ids -> consensus ids
-      cen_v.append(cens[v + 1][np.argsort(pv)])
-      lab_v.append(pv[labs[v + 1]] if mask is None else np.where(mask[:, v], pv[labs[v + 1]], lab))
-    cen_v, lab_v = jnp.asarray(np.stack(cen_v)), jnp.asarray(np.stack(lab_v), jnp.int32)
-    k = constants(zs, zc, jnp.asarray(lab), jnp.asarray(cen), lab_v, cen_v, presence)
-    return {"labels": lab, "centers_c": jnp.asarray(cen), "centers_v": cen_v, "z_cons": zc,
-            "inertia": inertia, **k}
+  def run(params, views, presence, key, prev_labels) -> ClusterPass:
+    """The pass with its cluster ids matched across views and to prev_labels (host side)."""
+    zc, labs, cens, inertia, out = cluster(params, views, presence, key)
+    labs, cens, sigma, minority = jax.device_get((labs, cens, out.pop("sigma"),
+                                                  out.pop("minority")))  # the host sync
+    lab, order = K.match_ids(labs, prev_labels, C, rows_of)
+    cens, sigma = (np.stack([x[o] for x, o in zip(a, order)]) for a in (cens, sigma))
+    consts = {"labels": lab, "centers_c": cens[0], "centers_v": cens[1:], "sigma_c": sigma[0],
+              "sigma_v": sigma[1:], "minority": minority[order[0]]}
+    return ClusterPass(lab, {**jax.tree.map(jnp.asarray, consts), **out}, zc, inertia)
 
   return run
 
@@ -317,70 +288,62 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
 
   # ---- stage 1: pre-training on L_re (Eq. 2; Algorithm 1 line 1) -------------------------
   pre_scan = engine.ScannedEpoch(pretrain_step)
-  pre_consts = {"views": xs, "presence": presence}
 
   def pretrain_epoch(epoch, state):
     idx, w = engine.epoch_batches(epoch_permutation(k_pre, epoch, n), n, cfg.batch_size)
-    state, m = pre_scan(state, pre_consts, idx, w, epoch_key(k_pre, epoch))
+    state, m = pre_scan(state, {"views": xs, "presence": presence}, idx, w,
+                        epoch_key(k_pre, epoch))
     return engine.Epoch(state, m)
 
   state, pre_info = engine.run_stage(run, "pretrain", engine.new_state(params, optimizer(cfg)),
                                      cfg.pretrain_epochs, pretrain_epoch, scans=(pre_scan,))
   # ---- starting point: k-means on the consensus embedding (Algorithm 1 line 2) -------------
   init = cluster_pass(state.params, xs, presence, k_km0, None)
-  run.log("init", 0, {"inertia": init["inertia"]}, labels=init["labels"])
+  run.log("init", 0, {"inertia": init.inertia}, labels=init.labels)
 
   # ---- stage 2: Algorithm 1 lines 4-16 (the decoders stay out: Eq. 52 has no L_re) ----------
   scan = engine.ScannedEpoch(train_step)
   switch = {s: jnp.float32(getattr(cfg, s)) for s in SWITCHES}
   params, decoders = split_decoders(state.params)
 
+  def extra(labels):   # the epoch's record: pseudo-labels, route codes (§4.10), θ max
+    return {"labels": labels, "codes": jnp.full((n,), -1, jnp.int32), "theta_max": jnp.float32(0)}
+
   def train_epoch(epoch, state):
     k_km, k_batch, k_steps = jax.random.split(epoch_key(k_train, epoch), 3)
-    ex = state.extra
-    cl = cluster_pass(state.params, xs, presence, k_km, np.asarray(ex["labels"]))  # line 5
-    consts = {"views": xs, "presence": presence, "labels": jnp.asarray(cl["labels"]),
-              "epoch": jnp.int32(epoch + 1), "switch": switch,
-              **{k: cl[k] for k in ("centers_c", "centers_v", "sigma_c", "sigma_v", "minority")},
-              **({"delta_d": cl["delta_d"], "a": cl["a"]} if global_graph else {})}
-    state = state.replace(extra={"labels": consts["labels"], "prev_codes": ex["codes"],
-                                 "codes": jnp.full((n,), -1, jnp.int32),
-                                 "theta_max": jnp.float32(0.0)})
+    prev, prev_codes = jax.device_get((state.extra["labels"], state.extra["codes"]))
+    cl = cluster_pass(state.params, xs, presence, k_km, prev)                   # line 5
+    state = state.replace(extra=extra(cl.consts["labels"]))
     idx, w = engine.epoch_batches(epoch_permutation(k_batch, epoch, n), n, cfg.batch_size)
-    state, m = scan(state, consts, idx, w, k_steps)                            # lines 6-15
-    codes, prev, t_max = jax.device_get((state.extra["codes"], state.extra["prev_codes"],
-                                         state.extra["theta_max"]))
-    rc, rc_n = R.routing_consistency(prev, codes)                                # §4.10
-    e, curr, nb = epoch + 1, cfg.use_curriculum, idx.shape[0]
-    theta_sum, theta_cnt = m.pop("theta_sum"), m.pop("theta_cnt")
-    metrics = {**m, "phase": 1 + int(e > cfg.e_w * curr) + int(e > cfg.e_c * curr),
-               "p_e": float(U.uncertain_ratio(e, cfg.epochs, cfg.p0)) if curr else cfg.p0,
-               "n_fn": int(np.sum(codes == 1)), "n_hn": int(np.sum(codes == 0)),
-               "hn_rate": float(R.hn_trigger_rate(codes)), "rc": float(rc), "rc_n": int(rc_n),
-               "theta_mean": theta_sum / max(theta_cnt, 1e-12), "theta_max": float(t_max),
-               "n_minority": int(np.sum(cl["minority"])), "n_pseudo": m["n_pseudo"] * nb,
-               "n_uncertain": m["n_uncertain"] * nb,
-               "label_change": float(np.mean(cl["labels"] != np.asarray(ex["labels"])))}
-    return engine.Epoch(state, metrics, labels=cl["labels"])
+    state, m = scan(state, {"views": xs, "presence": presence, "epoch": jnp.int32(epoch + 1),
+                            "switch": switch, **cl.consts}, idx, w, k_steps)   # lines 6-15
+    codes, t_max = jax.device_get((state.extra["codes"], state.extra["theta_max"]))
+    sch = X.stage_schedule(epoch + 1, cfg.epochs, e_w=cfg.e_w, e_c=cfg.e_c, p0=cfg.p0,
+                           undecided_frac=0.0, curriculum=float(cfg.use_curriculum))
+    theta_mean, nb = m.pop("theta_sum") / max(m.pop("theta_cnt"), 1e-12), idx.shape[0]
+    routing = jax.device_get(R.routing_summary(prev_codes, codes))               # §4.10
+    metrics = {**m, **{k: v.item() for k, v in routing.items()}, "phase": int(sch.phase),
+               "p_e": float(sch.p_e), "theta_mean": theta_mean, "theta_max": float(t_max),
+               "n_minority": int(np.sum(cl.consts["minority"])), "n_pseudo": m["n_pseudo"] * nb,
+               "n_uncertain": m["n_uncertain"] * nb, "label_change": float(np.mean(cl.labels != prev))}
+    return engine.Epoch(state, metrics, labels=cl.labels)
 
-  extra = {"labels": jnp.asarray(init["labels"]), "codes": jnp.full((n,), -1, jnp.int32),
-           "prev_codes": jnp.full((n,), -1, jnp.int32), "theta_max": jnp.float32(0.0)}
-  state, train_info = engine.run_stage(run, "train", engine.new_state(params, optimizer(cfg),
-                                                                      extra),
-                                       cfg.epochs, train_epoch, scans=(scan,))
+  state, train_info = engine.run_stage(
+      run, "train", engine.new_state(params, optimizer(cfg), extra(jnp.asarray(init.labels))),
+      cfg.epochs, train_epoch, scans=(scan,))
 
   # ---- output: the final consensus embedding hardened to the final consensus centers -------
   final = cluster_pass(state.params, xs, presence, jax.random.fold_in(k_train, cfg.epochs),
                        np.asarray(state.extra["labels"]))
-  labels = np.asarray(assign(final["z_cons"], final["centers_c"])[0])
+  centers = np.asarray(final.consts["centers_c"])
   alpha = jax.nn.softmax(state.params["params"]["mvae"]["view_logits"])
   info.update(engine.timing_info({"pretrain": pre_info, "train": train_info}),
               view_weights=[round(float(a), 4) for a in alpha])
   fstate = {"params": jax.tree.map(np.asarray, join_decoders(state.params, decoders)),
-            "view_dims": dims, "centers": np.asarray(final["centers_c"])}
-  return FitResult(labels=labels.astype(np.int64), embedding=np.asarray(final["z_cons"]),
-                   init_labels=init["labels"].astype(np.int64),
-                   init_embedding=np.asarray(init["z_cons"]), state=fstate, info=info)
+            "view_dims": dims, "centers": centers}
+  return FitResult(labels=np.asarray(assign(final.z_cons, centers)[0]).astype(np.int64),
+                   embedding=np.asarray(final.z_cons), init_labels=init.labels.astype(np.int64),
+                   init_embedding=np.asarray(init.z_cons), state=fstate, info=info)
 
 
 def transform(cfg: Config, state: dict, views, presence=None) -> np.ndarray:

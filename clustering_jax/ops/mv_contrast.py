@@ -1,5 +1,5 @@
 """MVSIB hierarchical contrast and stage objectives, paper 000 §3.6.2 (Eq. 39-43) and §3.7
-(Eq. 44-52).
+(Eq. 44-52), and the pre-training objective L_re (Eq. 2).
 
 Pure, jittable, fixed-shape array functions; conventions as in `clustering_jax.ops.uncertainty`
 (stacked views (V, B, D), weights (B,) with 0 = padding, presence (B, V)). Similarities are
@@ -17,12 +17,12 @@ import jax.numpy as jnp
 
 from clustering_jax.ops.distances import dot_hi
 from clustering_jax.ops.hypersphere import unit
-from clustering_jax.ops.minority import PseudoSamples
+from clustering_jax.ops.minority import PseudoSamples, batch_cluster_stats
 from clustering_jax.ops.routing import (base_denominator_weights, denominator_weights,
                                         fn_mass_ratio, fn_pairs, fn_weight_for_bound,
                                         pseudo_positive_weights, theta_bound_from_batch,
                                         weighted_logsumexp)
-from clustering_jax.ops.uncertainty import row_weights, view_row_weights
+from clustering_jax.ops.uncertainty import row_weights, uncertain_ratio, view_row_weights
 
 TAU = 0.5   # §4.4: "the temperature parameter was fixed at 0.5"
 
@@ -36,6 +36,18 @@ def _wmean(x, w):
   tot = jnp.sum(w)
   return jnp.where(tot > 0, jnp.sum(jnp.where(w > 0, w * x, 0.0)) / jnp.where(tot > 0, tot, 1.0),
                    0.0)
+
+
+# ----------------------------------------------------------------------------- Eq. 2
+def reconstruction_loss(views, x_hat, *, weights: Optional[jax.Array] = None,
+                        presence: Optional[jax.Array] = None, reduction: str = "sum") -> jax.Array:
+  """Eq. 2: L_re = Σ_v ||x^(v) - g(z^(v))||², per row summed ("sum", as written) or averaged
+  ("mean") over the features, summed over the present views, averaged over the valid rows.
+  views, x_hat: V arrays (B, d_v); weights (B,), presence (B, V) optional. Returns ()."""
+  red = {"sum": jnp.sum, "mean": jnp.mean}[reduction]
+  per = jnp.stack([red((x - xh) ** 2, -1) for x, xh in zip(views, x_hat)])        # (V, B)
+  vw = view_row_weights(weights, presence, len(views), per.shape[1], per.dtype)
+  return jnp.sum(per * vw) / jnp.maximum(jnp.sum(row_weights(weights, per.shape[1])), 1.0)
 
 
 # ----------------------------------------------------------------------------- Eq. 39-43
@@ -84,6 +96,20 @@ def cluster_contrast_views(cons_centers: jax.Array, view_centers: jax.Array, ps:
   return jax.vmap(lambda vc, w: cluster_contrast(cons_centers, vc, ps, w, tau=tau))(view_centers,
                                                                                     cw)
 
+
+
+def cluster_contrast_batch(zs: jax.Array, labels: jax.Array, ps: PseudoSamples, *,
+                           view_weights: Optional[jax.Array] = None,
+                           tau: float = TAU) -> jax.Array:
+  """Eq. 39-43 on a batch for every view: u_c^cons = ps.means (the batch means of z^cons by
+  pseudo-label, Eq. 30) and μ_c^(v) = the batch means of z^(v) over the rows with weight in
+  view_weights (V, B) (padding and missing views 0); a cluster without such a row is left out
+  in view v. zs (V, B, D), labels (B,). Returns (V,)."""
+  n_views, n, _ = zs.shape
+  vw = jnp.ones((n_views, n), zs.dtype) if view_weights is None else view_weights
+  cnt_v, mu_v = jax.vmap(lambda z, w: batch_cluster_stats(z, labels, ps.means.shape[0],
+                                                          weights=w))(zs, vw)
+  return cluster_contrast_views(ps.means, mu_v, ps, cnt_v, tau=tau)
 
 # ----------------------------------------------------------------------------- Eq. 44 (SCL)
 def feature_contrast(z_view: jax.Array, z_cons: jax.Array, pos_w: jax.Array,
@@ -299,6 +325,29 @@ def stage_flags(epoch, e_w: int, e_c: int):
   e <= E_w, stage 2 for E_w < e <= E_c, stage 3 for e > E_c (§3.7)."""
   e = jnp.asarray(epoch)
   return (e > e_w).astype(jnp.float32), (e > e_c).astype(jnp.float32)
+
+
+class Schedule(NamedTuple):
+  """§3.7's curriculum at one 1-based epoch (every field may be traced)."""
+  e_w: jax.Array             # E_w, end of stage 1 (0 with the curriculum off)
+  e_c: jax.Array             # E_c, end of stage 2 (0 with the curriculum off)
+  phase: jax.Array           # 1, 2 or 3
+  p_e: jax.Array             # Eq. 13's uncertain ratio (p_0 with the curriculum off)
+  undecided_frac: jax.Array  # §3.5.1's lowest-confidence share while e <= E_c, then 0
+  cross_gate: jax.Array      # Eq. 51's g: 0 at E_c to 1 at E (1 with the curriculum off)
+
+
+def stage_schedule(epoch, n_epochs: int, *, e_w: int, e_c: int, p0: float,
+                   undecided_frac: float, curriculum=1.0) -> Schedule:
+  """The epoch's stage bounds, phase, p_e (Eq. 13), undecided share and Eq. 51's gate. With
+  curriculum = 0 (§4.7's ablation) E_w = E_c = 0: every term from epoch 1, p_e = p_0, no
+  undecided set, cross gate 1."""
+  cur, e = jnp.asarray(curriculum, jnp.float32), jnp.asarray(epoch, jnp.float32)
+  e_w, e_c = e_w * cur, e_c * cur
+  s2, s3 = stage_flags(e, e_w, e_c)
+  ramp = jnp.clip((e - e_c) / jnp.maximum(n_epochs - e_c, 1.0), 0.0, 1.0)
+  return Schedule(e_w, e_c, 1 + s2 + s3, jnp.where(cur > 0, uncertain_ratio(e, n_epochs, p0), p0),
+                  jnp.where(e <= e_c, undecided_frac, 0.0), jnp.where(cur > 0, ramp, 1.0))
 
 
 def mvsib_objective(epoch, *, l_c, l_feat, l_u, l_push, l_pull, l_cross, l_imb, hn_gate,

@@ -458,3 +458,21 @@ def hn_trigger_rate(codes: jax.Array) -> jax.Array:
   """§4.10.1 HN_t = |{routed as HN}| / |routed|; 0 when nothing is routed."""
   routed = codes >= 0
   return jnp.sum(codes == 0) / jnp.maximum(jnp.sum(routed), 1)
+
+
+def record_codes(codes: jax.Array, idx: jax.Array, weights: jax.Array,
+                 batch_codes: jax.Array) -> jax.Array:
+  """The epoch's (n,) route codes with a batch's written in: rows idx (B,) with weight > 0 take
+  batch_codes (B,); padding rows (weight 0, any index) change nothing."""
+  n = codes.shape[0]
+  hit = jnp.zeros((n,)).at[idx].add(weights)
+  val = jnp.zeros((n,)).at[idx].add(weights * batch_codes)
+  return jnp.where(hit > 0, val, codes).astype(jnp.int32)
+
+
+def routing_summary(prev: jax.Array, cur: jax.Array) -> dict:
+  """§4.10.1 for one epoch from its route codes and the previous epoch's: n_fn, n_hn (samples
+  routed FN / HN), hn_rate (`hn_trigger_rate`), rc and rc_n (`routing_consistency`)."""
+  rc, rc_n = routing_consistency(prev, cur)
+  return {"n_fn": jnp.sum(cur == 1), "n_hn": jnp.sum(cur == 0), "hn_rate": hn_trigger_rate(cur),
+          "rc": rc, "rc_n": rc_n}
