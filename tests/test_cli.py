@@ -111,6 +111,7 @@ def test_unknown_config_key_is_clear(tmp_path, capsys):
   assert e.value.code == 2 and "no_such_param" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_harness_writes_rows_and_tables(tmp_path):
   p = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--methods",
                       "kmeans", "--datasets", "blobs", "--seeds", "0", "1", "--results-dir",

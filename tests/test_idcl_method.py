@@ -245,6 +245,7 @@ def test_pretrain_lr_schedule_values_and_validation():
     m.Config(pretrain_warmup=1.0).validate()
 
 
+@pytest.mark.slow
 def test_pretrain_schedule_scales_the_adam_step():
   """At Adam step 0 the warm-up factor is 0 (no move); at the end of warm-up the step equals
   the constant-rate step."""
@@ -286,6 +287,7 @@ def test_pretrain_resume_keeps_the_schedule(tmp_path, small_digits):
   assert not np.allclose(const.embedding_, ref.embedding_, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_pretraining_that_learns_nothing_warns(small_digits):
   """fit_info_ reports the final pre-training L_rec over the data's total variance (label
   free); at a rate too small to move the weights it stays above 0.9 and fit warns."""
@@ -394,6 +396,7 @@ def test_clustering_stage_shuffles_with_one_shape(small_digits, monkeypatch):
   assert set(lengths) == {200}, sorted(set(lengths))
 
 
+@pytest.mark.slow
 def test_scanned_pretrain_epoch_equals_the_step_loop():
   """The engine's scanned epoch of `pretrain_step` (augmentation keys per batch) makes the
   same updates as calling the step batch by batch with fold_in(key, b)."""

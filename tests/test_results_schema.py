@@ -100,6 +100,7 @@ def test_fit_split_takes_the_methods_phases_and_gives_init_the_rest():
   assert got["init_s"] == 0.0 and got["train_s"] == 10.0
 
 
+@pytest.mark.slow
 def test_timing_phases_add_up_to_the_total_and_startup_counts_from_started(tmp_path):
   data = blobs_npz(tmp_path / "d.npz", labels=True)
   started = timing.now() - 1.5                      # as if the process started 1.5 s ago
