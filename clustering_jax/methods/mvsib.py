@@ -39,15 +39,9 @@ SWITCHES = ("use_ism", "use_routing", "use_scl", "use_curriculum")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """MVSIB settings; every default and its source: docs/methods/mvsib.md.
-
-  Network, schedule (§4.4, §3.7): hidden, latent, rec_loss (Eq. 2), pretrain_epochs, epochs,
-  batch_size, lr, weight_decay, tau, e_w, e_c. SCE: p0 (Eq. 13), alpha_sce (Eq. 11). CSD
-  (§3.5): k, knn_global_max, knn_graph, undecided_frac, pi_fn, theta_bound ("batch" = Appendix
-  A.11, or Θ in (0, 1]), margin, mu_start, mu_end, hn_variant. ISM (§3.6): rho, n_pseudo,
-  lambda_mmd, lambda_rep, lambda_b. Eq. 46-51: alpha_c, beta_feat, lambda_u, lambda_hn, beta_p.
-  §4.7 ablations: use_ism, use_routing, use_scl, use_curriculum. kmeans_n_init, embed_block.
-  """
+  """MVSIB settings: the paper's values (§4.4, §4.6), else the public code's. Every field with
+  its equation, default and source: docs/methods/mvsib.md, "Defaults". use_ism, use_routing,
+  use_scl, use_curriculum: the ablations of §4.7 (curriculum off: E_w = E_c = 0, p_e = p_0)."""
 
   hidden: tuple = (500, 500, 2000)
   latent: int = 256
@@ -123,16 +117,20 @@ def optimizer(cfg: Config):
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(cfg.lr))
 
 
+def _rows(views, presence, idx):
+  """Rows idx of every view and of the presence mask (None: every view present)."""
+  return tuple(x[idx] for x in views), None if presence is None else presence[idx]
+
+
 def make_embed(net: MVSIBNet, block: int):
   """jitted embed(params, views, presence) -> (zs (V, n, D), z_cons (n, D)) in row blocks."""
 
   def embed(params, views, presence):
-    def rows(ids, _):
-      zs, zc = net.apply(params, tuple(x[ids] for x in views),
-                         None if presence is None else presence[ids], method="encode")
+    def block_fn(ids, _):
+      zs, zc = net.apply(params, *_rows(views, presence, ids), method="encode")
       return jnp.swapaxes(zs, 0, 1), zc
 
-    zs, zc = map_row_blocks(rows, jnp.arange(views[0].shape[0]), block=block)
+    zs, zc = map_row_blocks(block_fn, jnp.arange(views[0].shape[0]), block=block)
     return jnp.swapaxes(zs, 0, 1), zc
 
   return jax.jit(embed)
@@ -143,18 +141,15 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph
   C, E = int(n_clusters), int(cfg.epochs)
   max_members = int(cfg.rho * n / C) + 1        # a minority cluster has < ρ n / C members
 
-  def rows(c, idx):                            # the batch's views and presence
-    return tuple(x[idx] for x in c["views"]), None if c["presence"] is None else c["presence"][idx]
-
   def pretrain_step(state, c, idx, w, key):
-    views, pres = rows(c, idx)
+    views, pres = _rows(c["views"], c["presence"], idx)
     loss, g = jax.value_and_grad(lambda p: X.reconstruction_loss(                # Eq. 2
         views, net.apply(p, views, pres)["x_hat"], weights=w, presence=pres,
         reduction=cfg.rec_loss))(state.params)
     return state.apply_gradients(grads=g), {"loss_rec": loss}
 
   def train_step(state, c, idx, w, key):
-    (views, pres), labels = rows(c, idx), c["labels"][idx]
+    (views, pres), labels = _rows(c["views"], c["presence"], idx), c["labels"][idx]
     e, sw = c["epoch"], c["switch"]                                      # e is 1-based
     sch = X.stage_schedule(e, E, e_w=cfg.e_w, e_c=cfg.e_c, p0=cfg.p0,         # §3.7, Eq. 13
                            undecided_frac=cfg.undecided_frac, curriculum=sw["use_curriculum"])
@@ -207,14 +202,12 @@ def make_steps(net: MVSIBNet, cfg: Config, n_clusters: int, n: int, global_graph
              "gate_hn": g, "u_bar": u_bar, **{"term_" + k: v for k, v in parts.items()},
              "n_uncertain": jnp.sum(sel), "n_undecided": jnp.sum(rt.undecided),
              "theta_sum": jnp.sum(scl.theta * has_fn), "theta_cnt": jnp.sum(has_fn),
-             "n_pseudo": jnp.sum(ism.ps.weight),
-             "n_minority_batch": jnp.sum(jnp.max(ism.ps.weight, 1))}
+             "n_pseudo": jnp.sum(ism.ps.weight), "n_minority_batch": jnp.sum(jnp.max(ism.ps.weight, 1))}
       return total, (aux, R.route_codes(rt.fn, rt.hn), jnp.max(scl.theta * has_fn))
 
     (_, (aux, codes, t_max)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    ex = state.extra                                   # this epoch's route codes (§4.10)
-    ex = {**ex, "codes": R.record_codes(ex["codes"], idx, w, codes),
-          "theta_max": jnp.maximum(ex["theta_max"], t_max)}
+    ex = {**state.extra, "codes": R.record_codes(state.extra["codes"], idx, w, codes),  # §4.10
+          "theta_max": jnp.maximum(state.extra["theta_max"], t_max)}
     return state.apply_gradients(grads=grads).replace(extra=ex), aux
 
   return pretrain_step, train_step
@@ -229,8 +222,7 @@ class ClusterPass(NamedTuple):
 
 def make_cluster_pass(net: MVSIBNet, cfg: Config, n_clusters: int, mask, global_graph: bool):
   """`run(params, views, presence, key, prev_labels) -> ClusterPass`: one clustering pass."""
-  C = int(n_clusters)
-  embed = make_embed(net, cfg.embed_block)
+  C, embed = int(n_clusters), make_embed(net, cfg.embed_block)
   rows_of = None if mask is None else [np.flatnonzero(mask[:, v]) for v in range(mask.shape[1])]
 
   @jax.jit
@@ -240,8 +232,7 @@ def make_cluster_pass(net: MVSIBNet, cfg: Config, n_clusters: int, mask, global_
     zs, zc = embed(params, views, presence)
     z_all = jnp.concatenate([zc[None], zs])
     km = K.view_clusters(key, z_all, C, n_init=cfg.kmeans_n_init, rows_of=rows_of)
-    pres = None if presence is None else jnp.concatenate([jnp.ones_like(presence[:, :1]),
-                                                          presence], 1)
+    pres = None if presence is None else jnp.pad(presence, ((0, 0), (1, 0)), constant_values=1)
     out = {"sigma": U.cluster_bandwidths_views(z_all, km.labels, km.centers, presence=pres),
            "minority": M.minority_clusters(jnp.zeros((C,)).at[km.labels[0]].add(1.0), cfg.rho)}
     if global_graph:                                  # §3.3 / §4.4: the graph of all samples
@@ -270,7 +261,6 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
   cfg.validate()
   if data.is_image:
     raise ValueError("MVSIB takes multi-view vectors; flatten images into a view first")
-  C = int(n_clusters)
   xs = tuple(jnp.asarray(x, jnp.float32) for x in data.flat_views())
   n, dims = xs[0].shape[0], [x.shape[1] for x in xs]
   mask = None if data.mask is None or data.mask.all() else np.asarray(data.mask, bool)
@@ -279,8 +269,8 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
   if cfg.k >= (n if global_graph else min(cfg.batch_size, n)):
     raise ValueError(f"k={cfg.k} needs more samples per graph (n={n}, batch={cfg.batch_size})")
   net = make_net(cfg, dims)
-  pretrain_step, train_step = make_steps(net, cfg, C, n, global_graph)
-  cluster_pass = make_cluster_pass(net, cfg, C, mask, global_graph)
+  pretrain_step, train_step = make_steps(net, cfg, n_clusters, n, global_graph)
+  cluster_pass = make_cluster_pass(net, cfg, n_clusters, mask, global_graph)
   k_init, k_pre, k_km0, k_train = jax.random.split(key, 4)
   params = init_params(net, k_init, dims)
   info: dict = {"n_params": int(sum(a.size for a in jax.tree.leaves(params))),
@@ -306,6 +296,10 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
   switch = {s: jnp.float32(getattr(cfg, s)) for s in SWITCHES}
   params, decoders = split_decoders(state.params)
 
+  summary = jax.jit(R.routing_summary)                                # §4.10, once per epoch
+  schedule = jax.jit(lambda e: X.stage_schedule(e, cfg.epochs, e_w=cfg.e_w, e_c=cfg.e_c, p0=cfg.p0,
+                     undecided_frac=0.0, curriculum=float(cfg.use_curriculum)))
+
   def extra(labels):   # the epoch's record: pseudo-labels, route codes (§4.10), θ max
     return {"labels": labels, "codes": jnp.full((n,), -1, jnp.int32), "theta_max": jnp.float32(0)}
 
@@ -318,10 +312,8 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
     state, m = scan(state, {"views": xs, "presence": presence, "epoch": jnp.int32(epoch + 1),
                             "switch": switch, **cl.consts}, idx, w, k_steps)   # lines 6-15
     codes, t_max = jax.device_get((state.extra["codes"], state.extra["theta_max"]))
-    sch = X.stage_schedule(epoch + 1, cfg.epochs, e_w=cfg.e_w, e_c=cfg.e_c, p0=cfg.p0,
-                           undecided_frac=0.0, curriculum=float(cfg.use_curriculum))
+    sch, routing = jax.device_get((schedule(epoch + 1), summary(prev_codes, codes)))
     theta_mean, nb = m.pop("theta_sum") / max(m.pop("theta_cnt"), 1e-12), idx.shape[0]
-    routing = jax.device_get(R.routing_summary(prev_codes, codes))               # §4.10
     metrics = {**m, **{k: v.item() for k, v in routing.items()}, "phase": int(sch.phase),
                "p_e": float(sch.p_e), "theta_mean": theta_mean, "theta_max": float(t_max),
                "n_minority": int(np.sum(cl.consts["minority"])), "n_pseudo": m["n_pseudo"] * nb,
@@ -348,10 +340,10 @@ def fit(data: Views, n_clusters: int, config: Config, *, key: jax.Array, run: Ru
 
 def transform(cfg: Config, state: dict, views, presence=None) -> np.ndarray:
   """Consensus embeddings z^cons (n, D) of new samples (Eq. 1, 3) with a fitted state."""
-  net = make_net(cfg, state["view_dims"])
+  embed = make_embed(make_net(cfg, state["view_dims"]), cfg.embed_block)
   xs = tuple(jnp.asarray(x, jnp.float32) for x in views)
   pres = None if presence is None else jnp.asarray(presence, jnp.float32)
-  return np.asarray(make_embed(net, cfg.embed_block)(state["params"], xs, pres)[1])
+  return np.asarray(embed(state["params"], xs, pres)[1])
 
 
 def predict(cfg: Config, state: dict, views, presence=None) -> np.ndarray:

@@ -188,9 +188,11 @@ class MVSIBNet(nn.Module):
 
 
 def init_params(net: MVSIBNet, key: jax.Array, view_dims: Sequence[int], *, batch: int = 2):
-  """Parameters of every part of `net` from one key (dummy zero inputs of `batch` rows)."""
+  """Parameters of every part of `net` from one key (dummy zero inputs of `batch` rows), in one
+  compiled program (the same values as op by op, where every layer shape compiled its own
+  initializer draw)."""
   views = tuple(jnp.zeros((batch, int(d)), jnp.float32) for d in view_dims)
-  return net.init(key, views, method=MVSIBNet.init_all)
+  return jax.jit(lambda k: net.init(k, views, method=MVSIBNet.init_all))(key)
 
 
 
