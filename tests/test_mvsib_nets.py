@@ -48,6 +48,14 @@ def batch(seed=0, B=5):
   return tuple(rng.normal(size=(B, d)).astype(np.float32) for d in DIMS)
 
 
+def rand_params(net, views, seed=0):
+  """Parameters of net's shapes filled with seeded NumPy normals (no initializer to compile:
+  the checks below hold for any values)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(net.init, jax.random.key(0), views)
+  return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
 def test_view_weights_and_fuse_views_match_numpy():
   rng = np.random.default_rng(1)
   w = rng.normal(size=3).astype(np.float32)
@@ -84,8 +92,7 @@ def test_default_architecture_is_dv_500_500_2000_256_mirrored():
 def test_multiview_autoencoder_forward_matches_numpy():
   net = MultiViewAutoencoder(DIMS, hidden=HID, latent=3)
   views = batch()
-  params = net.init(jax.random.key(0), views)
-  params = jax.tree.map(lambda x: x, params)
+  params = rand_params(net, views)
   params["params"]["view_logits"] = jnp.array([0.3, -1.0, 0.5])
   out = jax.jit(net.apply)(params, views)
   chex.assert_shape(out["zs"], (3, 5, 3))
@@ -100,15 +107,16 @@ def test_multiview_autoencoder_forward_matches_numpy():
   for v in range(3):
     np.testing.assert_allclose(out["x_hat"][v], np_mlp(p[f"view_{v}"]["decoder"], zs[v]),
                                rtol=1e-4, atol=1e-5)
-  zs2, zc2, _ = net.apply(params, views, method="consensus")
+  zs2, zc2, _ = jax.jit(partial(net.apply, method="consensus"))(params, views)
   np.testing.assert_allclose(zc2, out["z_cons"], rtol=1e-6)
-  np.testing.assert_allclose(net.apply(params, views, method="encode"), zs2, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(partial(net.apply, method="encode"))(params, views), zs2,
+                             rtol=1e-6)
 
 
 def test_missing_views_and_padding_rows():
   net = MultiViewAutoencoder(DIMS, hidden=HID, latent=3)
   views = batch(2)
-  params = net.init(jax.random.key(1), views)
+  params = rand_params(net, views, seed=1)
   pres = np.ones((5, 3), np.float32)
   pres[0, 1] = 0
   pres[3, [0, 2]] = 0
@@ -121,7 +129,7 @@ def test_missing_views_and_padding_rows():
   v2[1][0] = 1e3
   v2[0][3] = -1e3
   v2[2][4] = 1e3                              # row 4: treat as padding, compare rows 0..3
-  out2 = net.apply(params, tuple(v2), pres)
+  out2 = jax.jit(net.apply)(params, tuple(v2), pres)
   np.testing.assert_allclose(out2["z_cons"][:4], out["z_cons"][:4], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out2["zs"][:, 1:3], out["zs"][:, 1:3], rtol=1e-6)
   with pytest.raises(ValueError, match="views"):
@@ -134,7 +142,7 @@ def test_uncertainty_head_and_router_match_numpy():
   rng = np.random.default_rng(3)
   z = rng.normal(size=(6, 8)).astype(np.float32)
   head = UncertaintyHead()
-  hp = head.init(jax.random.key(0), z)
+  hp = rand_params(head, z)
   assert hp["params"]["mlp"]["dense_0"]["kernel"].shape == (8, 4)      # D -> D/2 -> 1
   u = jax.jit(head.apply)(hp, z)
   chex.assert_shape(u, (6,))
@@ -143,7 +151,7 @@ def test_uncertainty_head_and_router_match_numpy():
   assert np.all((np.asarray(u) >= 0) & (np.asarray(u) <= 1))
   f = rng.normal(size=(6, 3)).astype(np.float32)
   router = RouterMLP()
-  rp = router.init(jax.random.key(1), f)
+  rp = rand_params(router, f, seed=1)
   assert rp["params"]["mlp"]["dense_0"]["kernel"].shape == (3, 64)
   t = jax.jit(router.apply)(rp, f)
   chex.assert_shape(t, (6, 2))
@@ -169,11 +177,12 @@ def test_mvsib_net_init_apply_route_and_gradients(net_params):
   assert set(out) == {"zs", "x_hat", "z_cons", "alpha", "u_hat"}
   chex.assert_shape(out["u_hat"], (6,))
   np.testing.assert_allclose(
-    out["u_hat"], UncertaintyHead().apply({"params": p1["params"]["u_head"]}, out["z_cons"]),
+    out["u_hat"],
+    jax.jit(UncertaintyHead().apply)({"params": p1["params"]["u_head"]}, out["z_cons"]),
     rtol=1e-6)
-  t = net.apply(p1, jnp.ones((6, 3)), method="route")
+  t = jax.jit(partial(net.apply, method="route"))(p1, jnp.ones((6, 3)))
   chex.assert_shape(t, (6, 2))
-  zs, zc = net.apply(p1, views, method="encode")
+  zs, zc = jax.jit(partial(net.apply, method="encode"))(p1, views)
   np.testing.assert_allclose(zc, out["z_cons"], rtol=1e-6)
 
   def loss(p):

@@ -594,11 +594,14 @@ def test_minority_and_batch_stats():
     close(mu[c], b["z_cons"][rows].mean(0) if rows else np.zeros(5), atol=1e-5)
 
 
+pseudo_samples = jax.jit(M.pseudo_samples, static_argnames="n_pseudo")
+
+
 def minority_batch(seed=0):
   b = make_batch(seed, sizes=(6, 5, 3, 1))
   minority = np.array([0, 1, 1, 1], np.float32)          # clusters 1, 2 (n >= 2) and 3 (n = 1)
-  ps = M.pseudo_samples(jax.random.key(seed), b["z_cons"], b["labels"], minority,
-                        b["cons_centers"], n_pseudo=4)
+  ps = pseudo_samples(jax.random.key(seed), b["z_cons"], b["labels"], minority,
+                      b["cons_centers"], n_pseudo=4)
   return b, minority, ps
 
 
@@ -607,8 +610,8 @@ def test_pseudo_samples_layout_and_reproducibility():
   chex.assert_shape(ps.psi, (4, 4, 5))
   close(ps.weight, [[0] * 4, [1] * 4, [1] * 4, [1, 0, 0, 0]], atol=0)
   close(ps.psi[3, 0], b["cons_centers"][3], atol=0)         # n_c = 1: back to the center
-  f = jax.jit(lambda k: M.pseudo_samples(k, b["z_cons"], b["labels"], minority,
-                                         b["cons_centers"], n_pseudo=4).psi)
+  f = lambda k: pseudo_samples(k, b["z_cons"], b["labels"], minority, b["cons_centers"],
+                              n_pseudo=4).psi
   np.testing.assert_array_equal(f(jax.random.key(3)), f(jax.random.key(3)))
   assert not np.allclose(f(jax.random.key(3))[1], f(jax.random.key(4))[1])
 
@@ -826,9 +829,9 @@ def test_feature_contrast_and_scl_views_match_eq44():
   fn = (np.arange(14) % 4 == 1).astype(np.float32)
   pres = np.ones((14, 2), np.float32)
   pres[[2, 6], 1] = 0
-  out = jax.jit(lambda zs, zc, l, f, p: X.scl_views(zs, zc, l, f, tau=0.5, pi_fn=0.1, w_fn=0.08,
-                                                    presence=p))(
-    b["zs"], b["z_cons"], b["labels"], fn, pres)
+  scl = jax.jit(lambda zs, zc, l, f, p: X.scl_views(zs, zc, l, f, tau=0.5, pi_fn=0.1, w_fn=0.08,
+                                                    presence=p))
+  out = scl(b["zs"], b["z_cons"], b["labels"], fn, pres)
   pos = np_y_pse(b["labels"], fn > 0, 0.1)
   for v in range(2):
     valid = pres[:, v] > 0
@@ -843,7 +846,8 @@ def test_feature_contrast_and_scl_views_match_eq44():
     logits = np.asarray(X.cosine_matrix(b["zs"][v], b["zs"][v]), np.float64) / 0.5
     close(out.theta[v], np_theta(logits, b["labels"], fn > 0, np.full(14, 0.08), valid), atol=1e-5)
   # with a bound the logged θ respects it
-  bounded = X.scl_views(b["zs"], b["z_cons"], b["labels"], fn, w_fn=0.5, theta_bound=0.05)
+  bounded = jax.jit(lambda zs, zc, l, f: X.scl_views(zs, zc, l, f, w_fn=0.5, theta_bound=0.05))(
+    b["zs"], b["z_cons"], b["labels"], fn)
   assert float(bounded.theta.max()) <= 0.05 + 1e-5
   # the batch bound of Appendix A.11, per view, with the view's own centers
   bb = jax.jit(lambda zs, zc, l, f, c: X.scl_views(zs, zc, l, f, w_fn=0.5, theta_bound="batch",
@@ -860,8 +864,7 @@ def test_feature_contrast_and_scl_views_match_eq44():
   # a missing view's embedding does not matter for that view's loss
   zs2 = b["zs"].copy()
   zs2[1, [2, 6]] = 100.0
-  out2 = X.scl_views(zs2, b["z_cons"], b["labels"], fn, tau=0.5, pi_fn=0.1, w_fn=0.08,
-                     presence=pres)
+  out2 = scl(zs2, b["z_cons"], b["labels"], fn, pres)
   close(out2.loss, out.loss, atol=1e-6)
 
 
@@ -1074,6 +1077,9 @@ def scenario(name):
   return zs, labels, b["centers"], b["sigma"], w, pres, minority
 
 
+# The two pipeline tests compile every op of a train step with its gradient, at two batch
+# shapes (about 15 s each on two cores): slow.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["base", "one_cluster", "no_minority", "all_certain",
                                   "constant_view", "missing_views", "huge_norms", "tiny_norms"])
 def test_degenerate_batches_are_finite_with_fixed_shapes(name):
@@ -1097,6 +1103,7 @@ def test_degenerate_batches_are_finite_with_fixed_shapes(name):
     assert float(out["push"].sum()) >= 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["base", "missing_views", "one_cluster"])
 def test_padding_rows_change_nothing(name):
   zs, labels, centers, sigma, w, pres, minority = scenario(name)

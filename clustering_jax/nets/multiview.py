@@ -16,6 +16,7 @@ rows (shapes stay fixed); their outputs are simply weighted 0.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Optional, Sequence
 
@@ -187,12 +188,16 @@ class MVSIBNet(nn.Module):
     return out
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_all(net: MVSIBNet, key: jax.Array, views):
+  return net.init(key, views, method=MVSIBNet.init_all)
+
+
 def init_params(net: MVSIBNet, key: jax.Array, view_dims: Sequence[int], *, batch: int = 2):
   """Parameters of every part of `net` from one key (dummy zero inputs of `batch` rows), in one
-  compiled program (the same values as op by op, where every layer shape compiled its own
-  initializer draw)."""
-  views = tuple(jnp.zeros((batch, int(d)), jnp.float32) for d in view_dims)
-  return jax.jit(lambda k: net.init(k, views, method=MVSIBNet.init_all))(key)
+  compiled program per network (the same values as op by op, where every layer shape compiled
+  its own initializer draw)."""
+  return _init_all(net, key, tuple(jnp.zeros((batch, int(d)), jnp.float32) for d in view_dims))
 
 
 
