@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from clustering_jax import timing
+from clustering_jax import metrics, timing
 from clustering_jax.api import available_methods, get_estimator
 from clustering_jax.data import DataError, Dataset, load_dataset
 from clustering_jax.plots import plot_curves, plot_embedding
@@ -42,8 +42,7 @@ TIMING_KEYS = ("startup_s", "load_s", "init_s", "compile_s", "train_s", "readout
 
 __all__ = ["SUMMARY_KEYS", "TIMING_KEYS", "build_estimator", "estimator_params", "format_table",
            "label_free_scores", "load_overrides", "main_error", "normalize_epochs",
-           "plot_curves", "plot_embedding", "run_experiment", "schedule", "schedule_help",
-           "silhouette"]
+           "plot_curves", "plot_embedding", "run_experiment", "schedule", "schedule_help"]
 
 
 def load_overrides(path: Optional[str]) -> dict:
@@ -161,37 +160,11 @@ def normalize_epochs(info: Optional[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------ scores and notes
-def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-  """Mean silhouette (Rousseeuw 1987) with Euclidean distances, in float64: for each sample
-  s = (b - a) / max(a, b), a its mean distance to the rest of its cluster, b the smallest
-  mean distance to another cluster; 0 in a one-sample cluster. scikit-learn's
-  silhouette_score; needs 2 <= clusters < samples. O(n^2 d) time, O(n^2) memory."""
-  x = np.asarray(x, np.float64).reshape(len(x), -1)
-  _, lab = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
-  sq = np.einsum("ij,ij->i", x, x)
-  d = x @ x.T                                               # in place from here: one n x n
-  d *= -2.0
-  d += sq[:, None]
-  d += sq[None, :]
-  np.maximum(d, 0.0, out=d)
-  np.sqrt(d, out=d)
-  np.fill_diagonal(d, 0.0)
-  counts = np.bincount(lab).astype(np.float64)
-  sums = d @ np.eye(len(counts))[lab]                       # (n, k) distance sums per cluster
-  own = counts[lab]
-  a = sums[np.arange(len(lab)), lab] / np.maximum(own - 1.0, 1.0)
-  mean_other = sums / counts
-  mean_other[np.arange(len(lab)), lab] = np.inf
-  b = mean_other.min(axis=1)
-  s = np.where(own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-300), 0.0)
-  return float(np.mean(s))
-
-
 def _silhouette(x: np.ndarray, labels: np.ndarray) -> Optional[float]:
   k = len(np.unique(labels))
   if k < 2 or k >= len(labels) or not np.all(np.isfinite(x)):
     return None
-  return round(silhouette(x, labels), 6)
+  return round(metrics.silhouette(x, labels), 6)
 
 
 def label_free_scores(embedding: np.ndarray, labels: np.ndarray, n_clusters: int, *,
@@ -350,7 +323,6 @@ def run_experiment(method: str, dataset: str, *, out: str, seed: int = 0,
   y = data.labels
   score_fn = None
   if y is not None:
-    from clustering_jax import metrics
     score_fn = lambda pred: {"acc": metrics.accuracy(y, pred), "nmi": metrics.nmi(y, pred)}
   # A fresh metrics log per invocation, unless resuming from checkpoints.
   if (out_dir / "metrics.jsonl").exists() and not (out_dir / "checkpoints").exists():

@@ -1,16 +1,17 @@
-"""Clustering metrics: ACC (Hungarian), NMI, ARI, purity, pairwise F-measure.
+"""Clustering metrics: ACC (Hungarian), NMI, ARI, purity, pairwise F-measure, and the
+label-free silhouette.
 
 Imported by the API, experiments and tests only — never by ops/, methods/ or
 train/ — so ground-truth labels cannot reach a loss, a schedule or a stop rule.
 All functions accept any number of predicted clusters (it may differ from the
-number of classes). Values are fractions in [0, 1] (ARI in [-1, 1]).
+number of classes). Values are fractions in [0, 1] (ARI, silhouette in [-1, 1]).
+SciPy and scikit-learn are imported where a metric needs them, so a run on unlabelled data
+(silhouette only) does not load them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn import metrics as skm
 
 
 def _check(y_true, y_pred):
@@ -39,6 +40,7 @@ def accuracy(y_true, y_pred) -> float:
   Unmatched clusters (when there are more clusters than classes) count as errors.
   """
   c = contingency(y_true, y_pred)
+  from scipy.optimize import linear_sum_assignment
   rows, cols = linear_sum_assignment(-c)
   return float(c[rows, cols].sum() / c.sum())
 
@@ -50,6 +52,7 @@ def confusions(y_true, y_pred, top: int | None = None) -> list[tuple[int, object
   y_true, y_pred = _check(y_true, y_pred)
   classes = np.unique(y_true)
   c = contingency(y_true, y_pred)
+  from scipy.optimize import linear_sum_assignment
   rows, cols = linear_sum_assignment(-c)
   out = [(int(c[a, col]), classes[a].item(), classes[r].item())
          for r, col in zip(rows, cols) for a in range(c.shape[0]) if a != r and c[a, col]]
@@ -65,11 +68,13 @@ def purity(y_true, y_pred) -> float:
 
 def nmi(y_true, y_pred) -> float:
   y_true, y_pred = _check(y_true, y_pred)
+  from sklearn import metrics as skm
   return float(skm.normalized_mutual_info_score(y_true, y_pred, average_method="arithmetic"))
 
 
 def ari(y_true, y_pred) -> float:
   y_true, y_pred = _check(y_true, y_pred)
+  from sklearn import metrics as skm
   return float(skm.adjusted_rand_score(y_true, y_pred))
 
 
@@ -91,3 +96,29 @@ def score(y_true, y_pred) -> dict:
   return {"acc": accuracy(y_true, y_pred), "nmi": nmi(y_true, y_pred),
           "ari": ari(y_true, y_pred), "purity": purity(y_true, y_pred),
           **pairwise_f(y_true, y_pred)}
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+  """Mean silhouette (Rousseeuw 1987) with Euclidean distances, in float64: for each sample
+  s = (b - a) / max(a, b), a its mean distance to the rest of its cluster, b the smallest
+  mean distance to another cluster; 0 in a one-sample cluster. scikit-learn's
+  silhouette_score; needs 2 <= clusters < samples. O(n^2 d) time, O(n^2) memory."""
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  _, lab = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
+  sq = np.einsum("ij,ij->i", x, x)
+  d = x @ x.T                                               # in place from here: one n x n
+  d *= -2.0
+  d += sq[:, None]
+  d += sq[None, :]
+  np.maximum(d, 0.0, out=d)
+  np.sqrt(d, out=d)
+  np.fill_diagonal(d, 0.0)
+  counts = np.bincount(lab).astype(np.float64)
+  sums = d @ np.eye(len(counts))[lab]                       # (n, k) distance sums per cluster
+  own = counts[lab]
+  a = sums[np.arange(len(lab)), lab] / np.maximum(own - 1.0, 1.0)
+  mean_other = sums / counts
+  mean_other[np.arange(len(lab)), lab] = np.inf
+  b = mean_other.min(axis=1)
+  s = np.where(own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-300), 0.0)
+  return float(np.mean(s))

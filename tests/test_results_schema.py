@@ -7,7 +7,7 @@ import pytest
 from _run_helpers import (ROOT, TINY, TINY_EPOCHS, blobs_npz, check_results_schema,
                           check_run_dir, check_timing, documented_schema, fake_deep_estimator)
 
-from clustering_jax import experiment, timing
+from clustering_jax import experiment, metrics, timing
 from clustering_jax.api import available_methods, get_estimator
 from clustering_jax.train.engine import PHASES
 
@@ -126,4 +126,4 @@ def test_silhouette_equals_scikit_learns(n, d, k):
   rng = np.random.default_rng(n)
   y = np.r_[np.arange(k), rng.integers(0, k, n - k)]          # every cluster, some singletons
   x = (rng.normal(size=(n, d)) + 3.0 * rng.normal(size=(k, d))[y]).astype(np.float32)
-  assert experiment.silhouette(x, y + 5) == pytest.approx(silhouette_score(x, y), abs=1e-6)
+  assert metrics.silhouette(x, y + 5) == pytest.approx(silhouette_score(x, y), abs=1e-6)
