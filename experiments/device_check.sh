@@ -14,6 +14,16 @@
 #   RECORD_DIR=d   where the record goes (default docs/results/device_checks)
 #   WORK=d         scratch folder for the run directory and logs (default: a new temp folder)
 #   PY=python      the interpreter
+#   HADIS=1        also run the HaDis section: `digits` with experiments/configs/hadis_digits.json
+#                  and, when DATA_DIR holds Hdigit.mat, `hdigit-mnist` with
+#                  experiments/configs/hadis_cpu.json, for every seed in SEEDS (default "0 1 2")
+#   DATA_DIR=d     the folder holding the .mat files (default ../shared/data)
+#   EXTRA_RUNS=f   a file of further runs, one line of `experiments/run.py` arguments each
+#   SEEDS="0 1 2" the seeds of the HaDis section
+#   JOBS=n         how many of the section's runs share the device at once (default 6)
+# The HaDis and EXTRA_RUNS runs go into the record's "runs" list: each run's command, exit
+# status, wall time, scores, start scores, epochs, timing and its label-free per-epoch curves
+# (`loss`, `label_change`). With SCALE=0 they get 2-epoch schedules (a smoke test).
 # JAX_PLATFORMS is set to the empty string, which JAX reads as unset (it picks the accelerator)
 # and which keeps tests/conftest.py from pinning the tests to the CPU. Exit status: 0 when the
 # tests passed and the run finished, 1 otherwise; the record is written either way.
@@ -44,12 +54,71 @@ timeout "$RUN_LIMIT" $PY experiments/run.py "${RUN_ARGS[@]}" --out "$WORK/flagsh
 RUN_RC=$?
 RUN_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
 
-# 3. the record
+# 3. the method sections: every run in the background, JOBS at a time, each with RUN_LIMIT
+DATA_DIR=${DATA_DIR:-../shared/data}; SEEDS=${SEEDS:-0 1 2}; JOBS=${JOBS:-6}
+: > "$WORK/runs.txt"
+if [ "${HADIS:-0}" = "1" ]; then
+  for s in $SEEDS; do
+    echo "--method hadis --dataset digits --seed $s --config experiments/configs/hadis_digits.json" \
+      >> "$WORK/runs.txt"
+    [ -f "$DATA_DIR/Hdigit.mat" ] && echo "--method hadis --dataset hdigit-mnist --data-dir \
+$DATA_DIR --seed $s --config experiments/configs/hadis_cpu.json" >> "$WORK/runs.txt"
+  done
+fi
+[ -n "${EXTRA_RUNS:-}" ] && grep -v '^ *\(#\|$\)' "$EXTRA_RUNS" >> "$WORK/runs.txt"
+i=0
+while read -r line; do
+  i=$((i + 1)); args=($line)
+  if [ "$SCALE" = "0" ]; then
+    args+=(--epochs 2)
+    $PY -c "import sys; from clustering_jax.api import get_estimator as g
+sys.exit(getattr(g(sys.argv[1]), 'pretrain_epochs_field', None) is None)" "${args[1]}" \
+      && args+=(--pretrain-epochs 2)
+  fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
+  ( t0=$(date +%s%N)
+    timeout "$RUN_LIMIT" $PY experiments/run.py "${args[@]}" --out "$WORK/run$i" --quiet \
+      > "$WORK/run$i.log" 2>&1
+    echo "$? $(( ($(date +%s%N) - t0) / 1000000 )) $line" > "$WORK/run$i.status" ) &
+done < "$WORK/runs.txt"
+wait
+
+# 4. the record
 RECORD=$($PY - "$WORK" "$RECORD_DIR" "$SCALE" "$TEST_RC" "$TEST_MS" "$RUN_RC" "$RUN_MS" \
   "${TESTS:-}" "${RUN_ARGS[*]}" <<'EOF'
 import json, subprocess, sys, time
 from pathlib import Path
 work, out_dir, scale, test_rc, test_ms, run_rc, run_ms, tests, run_args = sys.argv[1:]
+
+
+def summary(run_dir):
+  """Scores, start, epochs, timing and the label-free curves of one run directory (the curves
+  also for a run cut by its time limit)."""
+  out = {}
+  res_file = Path(run_dir) / "results.json"
+  if res_file.exists():
+    res = json.loads(res_file.read_text())
+    out = {k: res[k] for k in ("acc", "nmi", "ari", "fit_time_s", "wall_time_s", "epochs")
+           if k in res}
+    out["init"] = {k: v for k, v in (res.get("init") or {}).items()
+                   if k in ("acc", "nmi", "ari")}
+    out["timing"] = (res.get("info") or {}).get("timing")
+  curves = {"stage": [], "loss": [], "label_change": []}
+  log = Path(run_dir) / "metrics.jsonl"
+  for row in (log.read_text().splitlines() if log.exists() else []):
+    row = json.loads(row)
+    if row.get("stage") not in (None, "init") and "loss" in row:
+      for k in curves:
+        curves[k].append(round(row[k], 5) if isinstance(row.get(k), float) else row.get(k))
+  out["curves"] = curves
+  return out
+
+
+runs = []
+for st in sorted(Path(work).glob("run*.status"), key=lambda f: int(f.stem[3:])):
+  rc, ms, line = st.read_text().strip().split(" ", 2)
+  runs.append({"command": "python experiments/run.py " + line, "exit_status": int(rc),
+               "wall_s": round(int(ms) / 1000, 1), **summary(Path(work) / st.stem)})
 import jax
 dev = jax.devices()[0]
 counts = {}
@@ -79,6 +148,7 @@ rec = {
                      if k in res} if res else {}),
                  "init_acc": (res.get("init") or {}).get("acc") if res else None,
                  "timing": (res.get("info") or {}).get("timing") if res else None},
+    "runs": runs,
 }
 name = f"{rec['time'].replace(':', '')}_{rec['backend']}_{commit or 'nocommit'}.json"
 (Path(out_dir) / name).write_text(json.dumps(rec, indent=1) + "\n")
@@ -87,5 +157,6 @@ EOF
 )
 echo "tests: exit $TEST_RC, $(tail -n 1 "$WORK/pytest.log")"
 echo "flagship: exit $RUN_RC, $((RUN_MS / 1000)) s wall"
+for st in "$WORK"/run*.status; do [ -f "$st" ] && echo "run: exit $(cat "$st")"; done
 echo "record: $RECORD"
-[ "$TEST_RC" = 0 ] && [ "$RUN_RC" = 0 ]
+[ "$TEST_RC" = 0 ] && [ "$RUN_RC" = 0 ] && ! grep -qv '^0 ' "$WORK"/run*.status 2>/dev/null
