@@ -5,8 +5,8 @@ Imported by the API, experiments and tests only — never by ops/, methods/ or
 train/ — so ground-truth labels cannot reach a loss, a schedule or a stop rule.
 All functions accept any number of predicted clusters (it may differ from the
 number of classes). Values are fractions in [0, 1] (ARI, silhouette in [-1, 1]).
-SciPy and scikit-learn are imported where a metric needs them, so a run on unlabelled data
-(silhouette only) does not load them.
+NMI and ARI are computed from the contingency table in NumPy; SciPy is imported by the metrics
+that need an assignment (ACC, confusions), so a run on unlabelled data does not load it.
 """
 
 from __future__ import annotations
@@ -67,15 +67,35 @@ def purity(y_true, y_pred) -> float:
 
 
 def nmi(y_true, y_pred) -> float:
-  y_true, y_pred = _check(y_true, y_pred)
-  from sklearn import metrics as skm
-  return float(skm.normalized_mutual_info_score(y_true, y_pred, average_method="arithmetic"))
+  """Normalized mutual information, I(T; P) / ((H(T) + H(P)) / 2) (natural logs; scikit-learn's
+  `average_method="arithmetic"`): 1 when both labelings have one cluster, 0 when I = 0."""
+  c = contingency(y_true, y_pred).astype(np.float64)
+  if c.shape[0] == c.shape[1] == 1:
+    return 1.0
+  n = c.sum()
+  pt, pp = c.sum(axis=1) / n, c.sum(axis=0) / n
+  nz = c > 0
+  pij = c[nz] / n
+  mi = float(np.sum(pij * (np.log(pij) - np.log(np.outer(pt, pp)[nz]))))
+  if mi <= 0.0:
+    return 0.0
+  h = lambda q: float(-np.sum(q * np.log(q)))
+  return float(mi / max((h(pt) + h(pp)) / 2.0, np.finfo(np.float64).eps))
 
 
 def ari(y_true, y_pred) -> float:
-  y_true, y_pred = _check(y_true, y_pred)
-  from sklearn import metrics as skm
-  return float(skm.adjusted_rand_score(y_true, y_pred))
+  """Adjusted Rand index (Hubert & Arabie 1985) from the pair counts of the contingency table:
+  2(tp·tn − fn·fp) / ((tp + fn)(fn + tn) + (tp + fp)(fp + tn)); 1 when no pair disagrees."""
+  c = contingency(y_true, y_pred).astype(np.float64)
+  n = c.sum()
+  sq = float((c * c).sum())
+  tp = sq - n                                               # ordered pairs together in both
+  fp = float((c @ c.sum(axis=0)).sum()) - sq                # together in P only
+  fn = float((c.T @ c.sum(axis=1)).sum()) - sq              # together in T only
+  tn = n * n - tp - fp - fn - n
+  if fp == 0 and fn == 0:
+    return 1.0
+  return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
 
 
 def pairwise_f(y_true, y_pred) -> dict:

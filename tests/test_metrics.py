@@ -65,10 +65,32 @@ def test_purity_vs_reference_and_at_least_acc(y, p):
   assert M.purity(y, p) >= M.accuracy(y, p) - 1e-12
 
 
-@pytest.mark.parametrize("y,p", CASES)
+DEGENERATE = [([0, 0, 0], [0, 0, 0]), ([0, 0, 0], [0, 1, 2]), ([0, 1, 2], [4, 4, 4]), ([3], [1]),
+              ([0, 1], [1, 0]), ([0, 0, 1, 1], [0, 1, 0, 1]), (["a", "b", "b"], ["x", "y", "y"])]
+
+
+@pytest.mark.parametrize("y,p", CASES + DEGENERATE)
 def test_nmi_ari_vs_sklearn(y, p):
-  assert M.nmi(y, p) == pytest.approx(skm.normalized_mutual_info_score(y, p))
-  assert M.ari(y, p) == pytest.approx(skm.adjusted_rand_score(y, p))
+  assert M.nmi(y, p) == pytest.approx(skm.normalized_mutual_info_score(y, p), abs=1e-12)
+  assert M.ari(y, p) == pytest.approx(skm.adjusted_rand_score(y, p), abs=1e-12)
+
+
+def test_nmi_ari_vs_sklearn_random_sizes():
+  rng = np.random.default_rng(3)
+  for _ in range(200):
+    n = int(rng.integers(1, 60))
+    y, p = rng.integers(0, rng.integers(1, 7), n), rng.integers(0, rng.integers(1, 7), n)
+    assert M.nmi(y, p) == pytest.approx(skm.normalized_mutual_info_score(y, p), abs=1e-12)
+    assert M.ari(y, p) == pytest.approx(skm.adjusted_rand_score(y, p), abs=1e-12)
+
+
+def test_scores_do_not_import_sklearn():
+  # A run's evaluation stays cheap: scikit-learn (~2 s to import) is not loaded by the scores.
+  import subprocess
+  import sys
+  code = ("import sys; from clustering_jax import metrics as M; M.score([0, 1, 1], [1, 0, 0]); "
+          "sys.exit('sklearn' in sys.modules)")
+  assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 @pytest.mark.parametrize("y,p", CASES)
