@@ -135,6 +135,15 @@ def shard_rows(tree, mesh, axis: int = 0):
 
 
 # -- one scanned epoch ---------------------------------------------------------------------
+def _leaf_sig(a) -> tuple:
+  """(shape, dtype name) of one argument, as the compiled program sees it: an array's own
+  dtype, a Python scalar's JAX dtype. Cheap: it runs for every leaf of every epoch's call."""
+  dtype = getattr(a, "dtype", None)
+  if dtype is None:
+    return (np.shape(a), str(jnp.result_type(a)))
+  return (tuple(a.shape), dtype.name)
+
+
 class ScannedEpoch:
   """`step_fn(state, consts, idx, w, key) -> (state, metrics)` scanned over an epoch.
 
@@ -187,8 +196,8 @@ class ScannedEpoch:
     # params/opt_state are donated; `extra` is not, so arrays a method still holds from it
     # (labels, centers) stay valid after the call.
     args = (state.replace(extra=None), state.extra, consts, idx, w, key, skips)
-    sig = jax.tree.map(lambda a: (np.shape(a), str(jnp.result_type(a))), args)
-    sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)), skips)
+    leaves, tree = jax.tree.flatten(args)
+    sig = (tree, tuple(_leaf_sig(a) for a in leaves), skips)
     if sig not in self._exe:
       t = time.perf_counter()
       self._exe[sig] = self._jit.lower(*args).compile()
