@@ -16,7 +16,8 @@
 #   PY=python      the interpreter
 #   HADIS=1        also run the HaDis section: `digits` with experiments/configs/hadis_digits.json
 #                  and, when DATA_DIR holds Hdigit.mat, `hdigit-mnist` with
-#                  experiments/configs/hadis_cpu.json, for every seed in SEEDS (default "0 1 2")
+#                  experiments/configs/hadis_cpu.json, for every seed in SEEDS (default "0 1 2"),
+#                  and a ResNet-18 speed check (the paper's network, 3 epochs of random RGB images)
 #   DATA_DIR=d     the folder holding the .mat files (default ../shared/data)
 #   EXTRA_RUNS=f   a file of further runs, one line of `experiments/run.py` arguments each
 #   SEEDS="0 1 2" the seeds of the HaDis section
@@ -64,6 +65,24 @@ if [ "${HADIS:-0}" = "1" ]; then
     [ -f "$DATA_DIR/Hdigit.mat" ] && echo "--method hadis --dataset hdigit-mnist --data-dir \
 $DATA_DIR --seed $s --config experiments/configs/hadis_cpu.json" >> "$WORK/runs.txt"
   done
+  # The ResNet-18 speed check: the paper's network and heads (the defaults for RGB images) for
+  # 3 epochs on 5,120 random 32x32 RGB images, 20 steps of batch 256 per epoch: its record
+  # holds the compile time, the epoch time and the steps per second. SCALE=0: 64 images and a
+  # narrow ResNet.
+  $PY - "$WORK/rgb.npz" "$SCALE" <<'EOF'
+import sys
+import numpy as np
+n = 5120 if sys.argv[2] != "0" else 64
+x = np.random.default_rng(0).uniform(0, 1, (n, 32, 32, 3)).astype(np.float32)
+np.savez(sys.argv[1], X=x)
+EOF
+  RGB_ARGS="--method hadis --dataset $WORK/rgb.npz --n-clusters 10 --seed 0 --epochs 3"
+  if [ "$SCALE" = "0" ]; then
+    echo '{"widths": [8, 8, 16, 16], "proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32,
+           "batch_size": 16}' > "$WORK/rgb_small.json"
+    RGB_ARGS="$RGB_ARGS --config $WORK/rgb_small.json"
+  fi
+  echo "$RGB_ARGS" >> "$WORK/runs.txt"
 fi
 [ -n "${EXTRA_RUNS:-}" ] && grep -v '^ *\(#\|$\)' "$EXTRA_RUNS" >> "$WORK/runs.txt"
 i=0
