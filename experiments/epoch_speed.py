@@ -8,6 +8,7 @@ that writes `time_s`, so two checkouts can be compared side by side:
 
   python experiments/epoch_speed.py --out docs/results/epoch_speed.json
   python experiments/epoch_speed.py --label before --repo /tmp/old_checkout --out /tmp/old.json
+  python experiments/epoch_speed.py --methods idcl --out /tmp/idcl.json
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def _epoch_gaps(metrics_path: Path) -> dict:
   return out
 
 
-def measure(repo: Path, seed: int) -> dict:
+def measure(repo: Path, seed: int, methods=None) -> dict:
   results = {}
   for method, dataset, epochs, overrides in CASES:
+    if methods and method not in methods:
+      continue
     with tempfile.TemporaryDirectory() as tmp:
       cfg = Path(tmp) / "cfg.json"
       cfg.write_text(json.dumps(overrides))
@@ -63,8 +66,10 @@ def main(argv=None):
   ap.add_argument("--label", default="current")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default=None, help="append the record to this JSON file")
+  ap.add_argument("--methods", nargs="+", default=None,
+                  help="measure only these methods' cases (default: all)")
   args = ap.parse_args(argv)
-  rec = {"label": args.label, "repo": args.repo, "cases": measure(Path(args.repo), args.seed),
+  rec = {"label": args.label, "repo": args.repo, "cases": measure(Path(args.repo), args.seed, args.methods),
          "command": "python experiments/epoch_speed.py " + " ".join(argv or sys.argv[1:])}
   print(json.dumps(rec, indent=2))
   if args.out:
