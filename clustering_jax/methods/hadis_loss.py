@@ -57,16 +57,16 @@ def make_losses(enc, pred, cfg, n_clusters: int):
     return m
 
   def teacher(extra, views):
-    t, t_stats = forward_views(enc, teacher_variables(extra), views)                 # f_t(x)
+    t, t_stats = forward_views(enc, teacher_variables(extra), views)             # f_t(x)
     return jax.lax.stop_gradient(t), t_stats
 
   def student_losses(params, extra, views, t, labels, w, key, eps, pcl_on):
     st = extra["stats"]
-    z, s_stats = forward_views(enc, {"params": params["student"], "batch_stats": st["student"]},
-                          views)                                                 # f_s(x)
+    z, s_stats = forward_views(enc, {"params": params["student"],
+                                     "batch_stats": st["student"]}, views)       # f_s(x)
     zd = ss.diffuse(key, z, eps)                                                 # Eq. 2
     p, p_stats = forward_views(pred, {"params": params["predictor"],
-                                 "batch_stats": st["predictor"]}, zd)            # g(z)
+                                      "batch_stats": st["predictor"]}, zd)       # g(z)
     # The two directions (a, b) = (1, 2), (2, 1) of the symmetric loss, vmapped over the stacked
     # views: student side of view a against teacher side of view b, then averaged (Eq. 13).
     m = jax.tree.map(lambda v: jnp.mean(v.astype(jnp.float32)),
