@@ -8,6 +8,8 @@ compiles (seconds on the CPU). Every program is cached, however small or fast to
   disable()          turns it off for the rest of the process: `experiments/run.py
                      --no-compile-cache` calls it first (benchmark.py passes the flag on)
   cache_dir()        the directory in use, or None
+  persistent_jit     `jax.jit` for a module-level op whose compiled executable is also
+                     kept on disk (below)
 
 Environment:
   CLUSTERING_JAX_COMPILE_CACHE=0 (or off / false / no)  no cache: enable() does nothing
@@ -19,13 +21,27 @@ A cache directory the user configured for JAX itself (JAX_COMPILATION_CACHE_DIR 
 The cache is keyed by JAX on the program, the jax/jaxlib versions, the backend and the
 compile options; delete the directory to clear it. Only programs compiled after enable()
 are cached, so enable before the work you want covered.
+
+Executables (`persistent_jit`). JAX's cache skips the compile but not the tracing and lowering
+that compute its key: for a large op such as k-means or the LOBPCG spectral embedding those take
+0.2-0.5 s per process. A `persistent_jit` op called with concrete arrays on one device, while
+the cache is on, loads its compiled executable from `<cache dir>/clustering_jax_executables/`,
+keyed by this package's source files, the jax/jaxlib versions, the backend, JAX's numeric
+settings, the static arguments and the arguments' shapes and dtypes; a change to any of them
+is a new entry. Anything else (a call inside another trace, several devices, no cache, an
+entry that does not load) runs the plain `jax.jit`. Only pure module-level functions, whose
+result depends on their arguments alone, may use it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import os
+import pickle
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 
@@ -91,3 +107,135 @@ def disable() -> None:
 def cache_dir() -> Optional[str]:
   """The directory JAX caches compiled programs in, or None."""
   return jax.config.jax_compilation_cache_dir or None
+
+
+# -- executables ---------------------------------------------------------------------------
+_EXE_DIR = "clustering_jax_executables"
+_loaded: dict = {}          # signature -> compiled executable, for this process
+#: this process's persistent_jit executables: loaded from disk, or compiled (and stored)
+executables = {"loaded": 0, "compiled": 0}
+_lapack = {"ready": False}
+
+
+@functools.lru_cache(maxsize=1)
+def _source_hash() -> str:
+  """sha256 of this package's .py files (paths and contents)."""
+  root = Path(__file__).resolve().parent
+  h = hashlib.sha256()
+  for f in sorted(root.rglob("*.py")):
+    h.update(str(f.relative_to(root)).encode())
+    h.update(f.read_bytes())
+  return h.hexdigest()
+
+
+def _environment() -> tuple:
+  import jaxlib
+  dev = jax.devices()[0]
+  return (_source_hash(), jax.__version__, jaxlib.__version__, dev.platform,
+          getattr(dev, "device_kind", ""), os.environ.get("XLA_FLAGS", ""),
+          jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision),
+          str(jax.config.jax_default_prng_impl), jax.config.jax_threefry_partitionable)
+
+
+def _exe_path(sig: tuple) -> Optional[Path]:
+  base = cache_dir()
+  if base is None:
+    return None
+  return Path(base) / _EXE_DIR / (hashlib.sha256(repr(sig).encode()).hexdigest() + ".pkl")
+
+
+def _load(path: Path):
+  from jax.experimental import serialize_executable
+  if not _lapack["ready"] and jax.default_backend() == "cpu":
+    # JAX points its LAPACK kernels at their routines when it first lowers a LAPACK call;
+    # a loaded executable is never lowered, so lower one (eigh of 2x2) before running any.
+    jax.jit(jax.numpy.linalg.eigh).lower(jax.ShapeDtypeStruct((2, 2), "float32"))
+    _lapack["ready"] = True
+  with open(path, "rb") as f:
+    blob, in_tree, out_tree = pickle.load(f)
+  return serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
+
+
+def _store(path: Path, compiled) -> None:
+  from jax.experimental import serialize_executable
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+      pickle.dump(serialize_executable.serialize(compiled), f)
+    os.replace(tmp, path)               # atomic: a reader sees a whole entry or none
+  except Exception:                     # noqa: BLE001 - a cache that cannot be written is no cache
+    pass
+
+
+def _fresh_compile(jitted, dyn: dict, stat: dict):
+  """Lowers and compiles without JAX's own cache: an executable JAX loaded from its cache does
+  not serialize whole (the copy misses some of its functions), a fresh one does."""
+  from jax._src import config as jax_config
+  with jax_config.enable_compilation_cache(False):
+    return jitted.lower(**dyn, **stat).compile()
+
+
+def _run_stored(path: Path, dyn: dict):
+  """(executable, result) of the entry at path, run once to the end; (None, None) when it
+  does not load or run (the entry is then deleted)."""
+  from clustering_jax import timing
+  t0 = timing.now()
+  try:
+    exe = _load(path)
+    timing.add_compile_span(t0, timing.now())
+    return exe, jax.block_until_ready(exe(**dyn))
+  except Exception:                     # noqa: BLE001 - a stale or broken entry: compile again
+    path.unlink(missing_ok=True)
+    return None, None
+
+
+def persistent_jit(fun: Callable = None, *, static_argnames=(), **jit_kwargs) -> Callable:
+  """`jax.jit(fun, static_argnames=..., **jit_kwargs)` whose executable persists across
+  processes (see the module docstring). The returned function also has the jitted one's
+  `lower` and is itself `jitted`."""
+  if fun is None:
+    return functools.partial(persistent_jit, static_argnames=static_argnames, **jit_kwargs)
+  static = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+  jitted = jax.jit(fun, static_argnames=static, **jit_kwargs)
+  params = inspect.signature(fun)
+  if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.parameters.values()):
+    raise TypeError(f"persistent_jit: {fun.__qualname__} must name its arguments (no *args, "
+                    "**kwargs)")
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    if cache_dir() is None or opted_out():
+      return jitted(*args, **kwargs)
+    bound = params.bind(*args, **kwargs)
+    bound.apply_defaults()
+    dyn = {k: v for k, v in bound.arguments.items() if k not in static}
+    leaves, tree = jax.tree.flatten(dyn)
+    if any(isinstance(a, jax.core.Tracer) for a in leaves) or jax.device_count() != 1:
+      return jitted(*args, **kwargs)
+    try:
+      avals = tuple(str(jax.typeof(a)) for a in leaves)
+    except TypeError:
+      return jitted(*args, **kwargs)
+    stat = {k: v for k, v in bound.arguments.items() if k in static}
+    sig = (fun.__module__, fun.__qualname__, _environment(), repr(sorted(stat.items())),
+           repr(sorted(jit_kwargs.items())), str(tree), avals)
+    if sig in _loaded:
+      return _loaded[sig](**dyn)
+    path = _exe_path(sig)
+    if path is not None and path.exists():
+      exe, out = _run_stored(path, dyn)
+      if exe is not None:
+        _loaded[sig] = exe
+        executables["loaded"] += 1
+        return out
+    exe = _fresh_compile(jitted, dyn, stat)
+    if path is not None:
+      _store(path, exe)
+    _loaded[sig] = exe
+    executables["compiled"] += 1
+    return exe(**dyn)
+
+  call.lower = jitted.lower
+  call.jitted = jitted
+  return call

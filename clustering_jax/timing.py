@@ -7,6 +7,7 @@ the read-out) can be split into its own work and the compile work done inside it
 
   now()                    the clock of the spans (seconds since the epoch)
   compile_seconds(t0, t1)  seconds of [t0, t1] spent tracing, lowering or compiling
+  add_compile_span(s, e)   counts [s, e] as compile work (`compile_cache.persistent_jit` loads)
   process_start()          when this process started (from /proc), or None
 
 The listener is registered on import; spans before it are not seen.
@@ -45,6 +46,11 @@ def _on_span(event: str, start: float, end: float, **_) -> None:
       s, e = _spans.pop()
       start, end = min(start, s), max(end, e)
     _spans.append((start, end))
+
+
+def add_compile_span(start: float, end: float) -> None:
+  """Counts [start, end] as compile work (a compiled program loaded by this package itself)."""
+  _on_span(next(iter(sorted(COMPILE_EVENTS))), start, end)
 
 
 def compile_seconds(t0: float, t1: Optional[float] = None) -> float:

@@ -94,3 +94,56 @@ def test_estimator_fit_enables_the_cache(tmp_path):
   assert out["dir"] == str(want) and _entries(want)
   out = _run("estimator", tmp_path / "b", CLUSTERING_JAX_COMPILE_CACHE="0")
   assert out["dir"] is None and not (tmp_path / "b" / "xdg" / "clustering_jax").exists()
+
+
+EXE_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from clustering_jax import compile_cache
+compile_cache.enable(sys.argv[1])
+from clustering_jax.ops.kmeans import kmeans
+from clustering_jax.ops.spectral import knn_spectral_embedding
+x = np.random.RandomState(0).randn(300, 6).astype(np.float32)
+km = kmeans(jax.random.key(1), x, 4, n_init=3)
+emb, vals = knn_spectral_embedding(jax.random.key(2), x, 3)      # dense path: LAPACK eigh
+traced = jax.jit(lambda a: kmeans(jax.random.key(1), a, 4, n_init=3).inertia)(x)
+print("RESULT" + json.dumps({"labels": np.asarray(km.labels).tolist(),
+                             "inertia": float(km.inertia), "traced": float(traced),
+                             "vals": np.asarray(vals).tolist(),
+                             "emb": float(np.abs(np.asarray(emb)).sum()),
+                             **compile_cache.executables}))
+"""
+
+
+def _run_exe(cache, tmp_path, **env):
+  base = {k: v for k, v in os.environ.items()
+          if k != "CLUSTERING_JAX_COMPILE_CACHE" and not k.startswith(("JAX_COMPILATION_CACHE",
+                                                                       "JAX_PERSISTENT_CACHE"))}
+  base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), HOME=str(tmp_path / "home"), **env)
+  proc = subprocess.run([sys.executable, "-c", EXE_SCRIPT, str(cache)], cwd=REPO, env=base,
+                        text=True, capture_output=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+  return json.loads(line[len("RESULT"):])
+
+
+def test_persistent_jit_executables_load_in_a_new_process_with_equal_results(tmp_path):
+  cache = tmp_path / "cache"
+  first = _run_exe(cache, tmp_path)
+  assert (first["compiled"], first["loaded"]) == (2, 0)   # the traced call is plain jit
+  stored = sorted((cache / "clustering_jax_executables").iterdir())
+  assert len(stored) == 2
+  second = _run_exe(cache, tmp_path)                      # LAPACK runs from a loaded program
+  assert (second["compiled"], second["loaded"]) == (0, 2)
+  for key in ("labels", "inertia", "vals", "emb", "traced"):
+    assert second[key] == first[key], key
+  assert abs(first["traced"] - first["inertia"]) <= 1e-3 * abs(first["inertia"])
+  # a broken entry is compiled again and replaced, with the same result
+  stored[0].write_bytes(b"not an executable")
+  third = _run_exe(cache, tmp_path)
+  assert (third["compiled"], third["loaded"]) == (1, 1)
+  assert third["labels"] == first["labels"] and third["vals"] == first["vals"]
+  assert stored[0].read_bytes() != b"not an executable"
+  # the opt-out: nothing stored or loaded
+  off = _run_exe(tmp_path / "off", tmp_path, CLUSTERING_JAX_COMPILE_CACHE="0")
+  assert (off["compiled"], off["loaded"]) == (0, 0) and off["labels"] == first["labels"]

@@ -7,13 +7,13 @@ re-seeded at the points farthest from their centers (deterministic).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from clustering_jax.compile_cache import persistent_jit
 from clustering_jax.ops.distances import cluster_sums, dot_hi
 
 METRICS = ("euclidean", "cosine")
@@ -137,7 +137,7 @@ def partition_cost(x: jax.Array, labels: jax.Array, n_clusters: int, *,
   return jnp.mean(jnp.take_along_axis(d, labels[:, None].astype(jnp.int32), axis=1))
 
 
-@functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "max_iter", "metric"))
+@persistent_jit(static_argnames=("n_clusters", "n_init", "max_iter", "metric"))
 def kmeans(key: jax.Array, x: jax.Array, n_clusters: int, *, n_init: int = 10,
            max_iter: int = 300, tol: float = 1e-4, metric: str = "euclidean") -> KMeansResult:
   """k-means with n_init k-means++ restarts; keeps the lowest inertia (first on ties).

@@ -21,12 +21,12 @@ iteration, 2 n_iter passes over x), and returns the row-normalized top-c eigenve
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from clustering_jax.compile_cache import persistent_jit
 from clustering_jax.ops.distances import dot_hi, map_row_blocks, sq_dists
 from clustering_jax.ops.kmeans import kmeans, normalize
 
@@ -55,7 +55,7 @@ def orthonormalize(w: jax.Array) -> jax.Array:
   return w
 
 
-@functools.partial(jax.jit, static_argnames=("rank", "n_iter"))
+@persistent_jit(static_argnames=("rank", "n_iter"))
 def principal_subspace(key: jax.Array, x: jax.Array, rank: int, *, n_iter: int = 2):
   """Orthonormal basis W (d, rank) of (approximately) the top-rank right singular subspace
   of x (n, d): subspace iteration W <- orth(x^T x W) from a Gaussian start, n_iter steps
@@ -105,8 +105,7 @@ def _sym_knn_matvec(idx: jax.Array, inv_sqrt_deg: jax.Array):
   return mv
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "k", "block", "n_iter",
-                                             "dense_max_n"))
+@persistent_jit(static_argnames=("n_components", "k", "block", "n_iter", "dense_max_n"))
 def knn_spectral_embedding(key: jax.Array, x: jax.Array, n_components: int, *, k: int = 10,
                            block: int = 1024, n_iter: int = 200,
                            dense_max_n: int = DENSE_MAX_N):
@@ -166,8 +165,7 @@ def _anchor_affinity(x, anchors, s, block):
   return j[:, :s], w
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "n_anchors", "s", "block",
-                                             "sample_size"))
+@persistent_jit(static_argnames=("n_components", "n_anchors", "s", "block", "sample_size"))
 def anchor_spectral_embedding(key: jax.Array, x: jax.Array, n_components: int, *,
                               n_anchors: int = 1000, s: int = 5, block: int = 4096,
                               sample_size: int = 20000):
@@ -234,8 +232,7 @@ def spectral_embedding(key: jax.Array, x: jax.Array, n_components: int, *,
 
 # It runs once per fit: XLA's backend optimization level 0 halves its compile time and leaves
 # its run time (library matmuls) about the same.
-@functools.partial(jax.jit, static_argnames="rank",
-                   compiler_options={"xla_backend_optimization_level": 0})
+@persistent_jit(static_argnames="rank", compiler_options={"xla_backend_optimization_level": 0})
 def project(key: jax.Array, x: jax.Array, rank: int) -> jax.Array:
   """Coordinates x W (n, rank) of x in its top-rank principal subspace (`principal_subspace`;
   the principal components up to a rotation when x is centred)."""
