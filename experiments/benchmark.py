@@ -63,6 +63,22 @@ STAGE_TIMINGS = ("epoch_s", "compile_s", "steps_per_s")
 BASELINES = ("kmeans", "spectral")
 
 
+def machine() -> str:
+  """Architecture, processor model (XLA's CPU code, and so the float results of a long run,
+  depend on it) and core count."""
+  model, flags = "", []
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = dict(ln.split(":", 1) for ln in f.read().split("\n\n")[0].splitlines() if ":" in ln)
+    model = info.get("model name\t", info.get("model name", "")).strip()
+    flags = info.get("flags\t\t", info.get("flags", "")).split()
+  except (OSError, ValueError):
+    pass
+  isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+  return ", ".join(x for x in (platform.machine(), model, isa, f"{os.cpu_count()} CPU cores")
+                   if x)
+
+
 def _number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -113,7 +129,7 @@ def summarize(method, dataset, tag, seeds, results, command) -> dict:
                       **{k: v for k, v in (r.get("info") or {}).items() if k in HEALTH_KEYS}}
                      for r in results]
   row["jax_backend"] = results[0].get("jax_backend")
-  row["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+  row["machine"] = machine()
   row["date"] = time.strftime("%Y-%m-%d")
   row["command"] = command
   return row

@@ -8,7 +8,9 @@ that writes `time_s`, so two checkouts can be compared side by side:
 
   python experiments/epoch_speed.py --out docs/results/epoch_speed.json
   python experiments/epoch_speed.py --label before --repo /tmp/old_checkout --out /tmp/old.json
-  python experiments/epoch_speed.py --methods idcl --out /tmp/idcl.json
+  python experiments/epoch_speed.py --methods idcl --epochs 40 --out /tmp/idcl.json
+
+--epochs N runs every stage of every case for N epochs (more epochs, a steadier median).
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ def _epoch_gaps(metrics_path: Path) -> dict:
   return out
 
 
-def measure(repo: Path, seed: int, methods=None) -> dict:
+def measure(repo: Path, seed: int, methods=None, n_epochs=None) -> dict:
   results = {}
   for method, dataset, epochs, overrides in CASES:
     if methods and method not in methods:
       continue
+    if n_epochs:
+      epochs = n_epochs
+      overrides = {k: (n_epochs if k.endswith("epochs") else v) for k, v in overrides.items()}
     with tempfile.TemporaryDirectory() as tmp:
       cfg = Path(tmp) / "cfg.json"
       cfg.write_text(json.dumps(overrides))
@@ -68,8 +73,11 @@ def main(argv=None):
   ap.add_argument("--out", default=None, help="append the record to this JSON file")
   ap.add_argument("--methods", nargs="+", default=None,
                   help="measure only these methods' cases (default: all)")
+  ap.add_argument("--epochs", type=int, default=None,
+                  help="epochs of every stage (default: each case's own, 12-40)")
   args = ap.parse_args(argv)
-  rec = {"label": args.label, "repo": args.repo, "cases": measure(Path(args.repo), args.seed, args.methods),
+  cases = measure(Path(args.repo), args.seed, args.methods, args.epochs)
+  rec = {"label": args.label, "repo": args.repo, "cases": cases,
          "command": "python experiments/epoch_speed.py " + " ".join(argv or sys.argv[1:])}
   print(json.dumps(rec, indent=2))
   if args.out:
