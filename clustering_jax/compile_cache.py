@@ -40,6 +40,7 @@ import hashlib
 import inspect
 import os
 import pickle
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -115,6 +116,16 @@ _loaded: dict = {}          # signature -> compiled executable, for this process
 #: this process's persistent_jit executables: loaded from disk, or compiled (and stored)
 executables = {"loaded": 0, "compiled": 0}
 _lapack = {"ready": False}
+_pending: dict = {}         # signature -> Future of (executable, from disk) being prefetched
+_lock = threading.Lock()
+_pool: list = []
+
+
+def _executor():
+  from concurrent.futures import ThreadPoolExecutor
+  if not _pool:
+    _pool.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="clustering_jax_compile"))
+  return _pool[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -176,24 +187,37 @@ def _fresh_compile(jitted, dyn: dict, stat: dict):
     return jitted.lower(**dyn, **stat).compile()
 
 
-def _run_stored(path: Path, dyn: dict):
-  """(executable, result) of the entry at path, run once to the end; (None, None) when it
-  does not load or run (the entry is then deleted)."""
+def _aval(a) -> str:
+  if isinstance(a, jax.ShapeDtypeStruct):
+    return str(jax.core.ShapedArray(a.shape, a.dtype))
+  return str(jax.typeof(a))
+
+
+def _obtain(jitted, sig: tuple, dyn: dict, stat: dict):
+  """(executable, loaded from disk?) for sig: the stored entry, else a fresh compile (stored).
+  dyn may hold jax.ShapeDtypeStruct (a prefetch)."""
   from clustering_jax import timing
-  t0 = timing.now()
-  try:
-    exe = _load(path)
-    timing.add_compile_span(t0, timing.now())
-    return exe, jax.block_until_ready(exe(**dyn))
-  except Exception:                     # noqa: BLE001 - a stale or broken entry: compile again
-    path.unlink(missing_ok=True)
-    return None, None
+  path = _exe_path(sig)
+  if path is not None and path.exists():
+    t0 = timing.now()
+    try:
+      exe = _load(path)
+      timing.add_compile_span(t0, timing.now())
+      return exe, True
+    except Exception:                   # noqa: BLE001 - a stale or broken entry: compile again
+      path.unlink(missing_ok=True)
+  exe = _fresh_compile(jitted, dyn, stat)
+  if path is not None:
+    _store(path, exe)
+  return exe, False
 
 
 def persistent_jit(fun: Callable = None, *, static_argnames=(), **jit_kwargs) -> Callable:
   """`jax.jit(fun, static_argnames=..., **jit_kwargs)` whose executable persists across
   processes (see the module docstring). The returned function also has the jitted one's
-  `lower` and is itself `jitted`."""
+  `lower`, is itself `jitted`, and has `prefetch(*args, **kwargs)`: the same arguments, arrays
+  or jax.ShapeDtypeStruct, whose executable is then loaded or compiled in a background thread
+  while the caller goes on (a later call with those shapes waits for it)."""
   if fun is None:
     return functools.partial(persistent_jit, static_argnames=static_argnames, **jit_kwargs)
   static = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
@@ -203,39 +227,63 @@ def persistent_jit(fun: Callable = None, *, static_argnames=(), **jit_kwargs) ->
     raise TypeError(f"persistent_jit: {fun.__qualname__} must name its arguments (no *args, "
                     "**kwargs)")
 
-  @functools.wraps(fun)
-  def call(*args, **kwargs):
+  def signature(args, kwargs):
+    """(sig, dynamic arguments, static arguments), or None where the plain jit runs."""
     if cache_dir() is None or opted_out():
-      return jitted(*args, **kwargs)
+      return None
     bound = params.bind(*args, **kwargs)
     bound.apply_defaults()
     dyn = {k: v for k, v in bound.arguments.items() if k not in static}
     leaves, tree = jax.tree.flatten(dyn)
     if any(isinstance(a, jax.core.Tracer) for a in leaves) or jax.device_count() != 1:
-      return jitted(*args, **kwargs)
+      return None
     try:
-      avals = tuple(str(jax.typeof(a)) for a in leaves)
+      avals = tuple(_aval(a) for a in leaves)
     except TypeError:
-      return jitted(*args, **kwargs)
+      return None
     stat = {k: v for k, v in bound.arguments.items() if k in static}
-    sig = (fun.__module__, fun.__qualname__, _environment(), repr(sorted(stat.items())),
-           repr(sorted(jit_kwargs.items())), str(tree), avals)
-    if sig in _loaded:
-      return _loaded[sig](**dyn)
-    path = _exe_path(sig)
-    if path is not None and path.exists():
-      exe, out = _run_stored(path, dyn)
-      if exe is not None:
-        _loaded[sig] = exe
-        executables["loaded"] += 1
-        return out
-    exe = _fresh_compile(jitted, dyn, stat)
-    if path is not None:
-      _store(path, exe)
-    _loaded[sig] = exe
-    executables["compiled"] += 1
-    return exe(**dyn)
+    return ((fun.__module__, fun.__qualname__, _environment(), repr(sorted(stat.items())),
+             repr(sorted(jit_kwargs.items())), str(tree), avals), dyn, stat)
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    found = signature(args, kwargs)
+    if found is None:
+      return jitted(*args, **kwargs)
+    sig, dyn, stat = found
+    with _lock:
+      exe = _loaded.get(sig)
+      pending = _pending.pop(sig, None)
+    if exe is not None:
+      return exe(**dyn)
+    exe, from_disk = pending.result() if pending is not None else _obtain(jitted, sig, dyn, stat)
+    if from_disk:   # run a loaded entry to the end once: a broken one is compiled again
+      try:
+        out = jax.block_until_ready(exe(**dyn))
+      except Exception:                 # noqa: BLE001
+        path = _exe_path(sig)
+        if path is not None:
+          path.unlink(missing_ok=True)
+        exe, from_disk = _obtain(jitted, sig, dyn, stat)   # the entry is gone: compiles
+        out = exe(**dyn)
+    else:
+      out = exe(**dyn)
+    with _lock:
+      _loaded[sig] = exe
+      executables["loaded" if from_disk else "compiled"] += 1
+    return out
+
+  def prefetch(*args, **kwargs) -> None:
+    found = signature(args, kwargs)
+    if found is None:
+      return
+    sig, dyn, stat = found
+    with _lock:
+      if sig in _loaded or sig in _pending:
+        return
+      _pending[sig] = _executor().submit(_obtain, jitted, sig, dyn, stat)
 
   call.lower = jitted.lower
   call.jitted = jitted
+  call.prefetch = prefetch
   return call
