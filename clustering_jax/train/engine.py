@@ -5,10 +5,10 @@ Every method trains through these pieces:
 - `TrainState`: params, opt_state, step and `extra` (any other trees a step carries:
   an EMA teacher, centers, batch statistics, previous labels). The optimizer `tx` is a
   static field, so learning-rate schedules are optax schedules read from its own count.
-- `ScannedEpoch(step_fn)`: one jitted `lax.scan` of `step_fn` over a fixed-shape batch
-  matrix. Batches whose weights are all zero are skipped (`lax.cond`: no update, no
-  optimizer count), so a member set that changes size (a curriculum) runs with one shape
-  and compiles once. Compiled ahead of time on first use; its compile time, steps and step
+- `ScannedEpoch(step_fn)`: one jitted loop of `step_fn` over a fixed-shape batch matrix.
+  Batches whose weights are all zero are not run (no update, no optimizer count): the loop's
+  length is an argument, so a member set that changes size (a curriculum) runs with one
+  shape and compiles once. Compiled ahead of time on first use; its compile time, steps and step
   time are recorded. With more than one device the batch axis is sharded over a `data`
   mesh axis and everything else is replicated: no sharding code in the methods.
 - `run_stage(run, name, state, n_epochs, epoch_fn)`: restore -> epochs -> log -> save, the
@@ -150,64 +150,68 @@ class ScannedEpoch:
   Calling it with (state, consts, idx (nb, B), w (nb, B), key) returns the new state and
   the metrics averaged over the batches that ran (summed in batch order on the device), as
   Python floats: one host sync per epoch. params and opt_state are donated, `extra` is not.
-  The skip (`lax.cond`) is compiled in only when some batch is empty. `n_compiles` counts
-  the programs compiled (1 in a fit whose shapes are fixed and whose stage always, or
-  never, has empty batches).
+  Empty batches (all weights zero) are moved behind the others and not run; batch b keeps
+  its key fold_in(key, b). `n_compiles` counts the programs compiled (1 in a fit whose
+  shapes are fixed, whatever the number of empty batches).
   """
 
   def __init__(self, step_fn: Callable):
     # One trace of the step per shape: `eval_shape` below traces this jitted step and the
-    # scan body's call finds that trace in JAX's cache (XLA inlines the call).
+    # loop body's call finds that trace in JAX's cache (XLA inlines the call).
     self._step = jax.jit(step_fn)
-    self._jit = jax.jit(self._epoch, donate_argnums=0, static_argnums=6)
+    self._jit = jax.jit(self._epoch, donate_argnums=0)
     self._exe: dict = {}
     self.compile_s, self.n_compiles, self.steps, self.step_s = 0.0, 0, 0, 0.0
 
-  def _epoch(self, core, extra, consts, idx, w, key, skips):
+  def _epoch(self, core, extra, consts, idx, w, batch_ids, n_run, key):
+    """The first n_run rows of (idx, w) (the batches with weight), batch_ids[i] the row's
+    place in the epoch (its key): a loop of dynamic length, so one program serves every
+    number of empty batches (no conditional around the step)."""
     state = core.replace(extra=extra)
     m_shape = jax.eval_shape(self._step, state, consts, idx[0], w[0], key)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
 
-    def body(carry, xs):
-      st, total, count = carry
-      b, ib, wb = xs
-      k = jax.random.fold_in(key, b)
-      if skips:  # some batches are empty: run the step only where the batch has weight
-        st, m = jax.lax.cond(jnp.sum(wb) > 0, lambda s: self._step(s, consts, ib, wb, k),
-                             lambda s: (s, zeros), st)
-      else:
-        st, m = self._step(st, consts, ib, wb, k)
-      return (st, jax.tree.map(jnp.add, total, m), count + (jnp.sum(wb) > 0)), None
+    def body(i, carry):
+      st, total = carry
+      st, m = self._step(st, consts, idx[i], w[i], jax.random.fold_in(key, batch_ids[i]))
+      return st, jax.tree.map(jnp.add, total, m)
 
-    nb = idx.shape[0]
-    (state, total, count), _ = jax.lax.scan(body, (state, zeros, jnp.int32(0)),
-                                            (jnp.arange(nb), idx, w))
-    return state, jax.tree.map(lambda t: t / jnp.maximum(count, 1).astype(t.dtype), total), count
+    state, total = jax.lax.fori_loop(0, n_run, body, (state, zeros))
+    return state, jax.tree.map(lambda t: t / jnp.maximum(n_run, 1).astype(t.dtype), total)
 
   def __call__(self, state, consts, idx, w, key):
     mesh = data_mesh()
-    skips = bool(np.any(np.asarray(w).sum(axis=1) <= 0))  # compile the lax.cond only if needed
+    w_host = np.asarray(w)
+    full = w_host.sum(axis=1) > 0
+    n_run = int(full.sum())
+    if n_run < len(full):   # batches with weight first, in order; the rest are not run
+      order = np.concatenate([np.flatnonzero(full), np.flatnonzero(~full)])
+      idx, w = np.asarray(idx)[order], w_host[order]
+    else:
+      order = np.arange(len(full))
     idx, w = _on_device(idx, np.int32), _on_device(w, np.float32)
+    batch_ids = _on_device(order, np.int32)
+    n_dev = jax.device_put(np.int32(n_run))
     if mesh is not None:  # constants a method placed itself (shard_rows) keep their sharding
-      state, key = replicate((state, key), mesh)
+      state, key, batch_ids, n_dev = replicate((state, key, batch_ids, n_dev), mesh)
       consts = jax.tree.map(lambda a: a if _on_mesh(a, mesh) else replicate(a, mesh), consts)
       split = idx.shape[1] % mesh.size == 0
       idx, w = (shard_rows if split else replicate)((idx, w), mesh, *((1,) if split else ()))
     # params/opt_state are donated; `extra` is not, so arrays a method still holds from it
     # (labels, centers) stay valid after the call.
-    args = (state.replace(extra=None), state.extra, consts, idx, w, key, skips)
+    args = (state.replace(extra=None), state.extra, consts, idx, w, batch_ids, n_dev, key)
     leaves, tree = jax.tree.flatten(args)
-    sig = (tree, tuple(_leaf_sig(a) for a in leaves), skips)
+    sig = (tree, tuple(_leaf_sig(a) for a in leaves))
     if sig not in self._exe:
       t = time.perf_counter()
       self._exe[sig] = self._jit.lower(*args).compile()
       self.compile_s += time.perf_counter() - t
       self.n_compiles += 1
     t = time.perf_counter()
-    state, metrics, count = self._exe[sig](*args[:-1])
-    metrics, count = jax.device_get((metrics, count))
+    state, metrics = self._exe[sig](*args)
+    metrics = jax.device_get(metrics)
     self.step_s += time.perf_counter() - t
-    self.steps += int(count)
+    self.steps += n_run
     return state, {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
                    for k, v in metrics.items()}
 
