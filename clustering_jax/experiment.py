@@ -240,6 +240,12 @@ def write_json(path: Path, obj) -> None:
   path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def append_json(path, record) -> None:
+  """Appends record to the JSON list in path (a new file when absent): a measurement log."""
+  path = Path(path)
+  write_json(path, (json.loads(path.read_text()) if path.exists() else []) + [record])
+
+
 class _Laps:
   """Consecutive windows of a run on the `timing.now()` clock: each lap's seconds without
   the JAX compile work inside it, which is summed apart (compile_s)."""

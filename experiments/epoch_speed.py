@@ -81,9 +81,8 @@ def main(argv=None):
          "command": "python experiments/epoch_speed.py " + " ".join(argv or sys.argv[1:])}
   print(json.dumps(rec, indent=2))
   if args.out:
-    p = Path(args.out)
-    old = json.loads(p.read_text()) if p.exists() else []
-    p.write_text(json.dumps(old + [rec], indent=2) + "\n")
+    from clustering_jax.experiment import append_json
+    append_json(args.out, rec)
 
 
 if __name__ == "__main__":

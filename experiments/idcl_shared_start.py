@@ -8,13 +8,17 @@ Two modes, each a fresh process:
     "pretrain" checkpoint at the stage's last epoch), runs the clustering stage and writes the
     per-epoch log, the labels and the scores to --out.
 
-Run `cluster` once per code version (PYTHONPATH=<checkout>) on the same state: equal logs
-mean the two versions compute the same clustering stage. The labels are scored after the fit
-only; they never reach it.
+  compare: two `cluster` outputs (--a, --b; per-epoch log agreement and equal final labels)
+    or two `pretrain` pickles (largest parameter difference).
+
+Run `cluster` (or `pretrain`) once per code version (PYTHONPATH=<checkout>), then `compare`:
+equal logs mean the two versions compute the same clustering stage. The labels are scored
+after the fit only; they never reach it.
 
   python experiments/idcl_shared_start.py pretrain --seed 0 --state /tmp/idcl_s0.pkl
   PYTHONPATH=<old checkout> python experiments/idcl_shared_start.py cluster --seed 0 \
       --state /tmp/idcl_s0.pkl --out /tmp/old_s0.json
+  python experiments/idcl_shared_start.py compare --a /tmp/new_s0.json --b /tmp/old_s0.json
 """
 
 from __future__ import annotations
@@ -89,16 +93,49 @@ class SharedStartRun(Run):
     return state, self.pretrain_epochs
 
 
+LOGGED = ("loss", "loss_rec", "loss_kl", "label_change", "n_curriculum", "dc", "n_core")
+
+
+def compare(a_path: str, b_path: str) -> dict:
+  """Agreement of two `cluster` outputs (JSON) or two `pretrain` states (pickles)."""
+  if a_path.endswith(".json"):
+    with open(a_path) as fa, open(b_path) as fb:
+      a, b = json.load(fa), json.load(fb)
+    pairs = list(zip(a["log"], b["log"]))
+    rel = {k: max((abs(x[k] - y[k]) / max(abs(y[k]), 1e-12) for x, y in pairs
+                   if k in x and k in y), default=None) for k in LOGGED}
+    return {"epochs": [a["epochs_run"], b["epochs_run"]],
+            "final_labels_identical": a["labels"] == b["labels"],
+            "acc": [a["acc"], b["acc"]], "start_acc": [a["init_acc"], b["init_acc"]],
+            "epochs_logged_identical_per_metric": {
+                k: sum(x.get(k) == y.get(k) for x, y in pairs) for k in LOGGED},
+            "max_relative_difference_per_metric": rel}
+  with open(a_path, "rb") as fa, open(b_path, "rb") as fb:
+    a, b = pickle.load(fa), pickle.load(fb)
+  diffs = [float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+           for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]))]
+  return {"adam_steps": [a["count"], b["count"]], "max_param_difference": max(diffs)}
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("mode", choices=("pretrain", "cluster"))
+  p.add_argument("mode", choices=("pretrain", "cluster", "compare"))
   p.add_argument("--dataset", default="digits")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--state", required=True, help="pickle of the pre-training state")
+  p.add_argument("--state", help="pickle of the pre-training state (pretrain, cluster)")
+  p.add_argument("--a", help="compare: a cluster output (.json) or a pre-training pickle")
+  p.add_argument("--b", help="compare: the other one, of the same kind")
   p.add_argument("--out", help="cluster: JSON of the clustering stage's log and scores")
   p.add_argument("--pretrain-epochs", type=int, default=1000)
   p.add_argument("--epochs", type=int, default=200)
   a = p.parse_args(argv)
+  if a.mode == "compare":
+    if not (a.a and a.b):
+      p.error("compare needs --a and --b")
+    print(json.dumps(compare(a.a, a.b), indent=1))
+    return
+  if not a.state:
+    p.error(f"{a.mode} needs --state")
   data = load_dataset(a.dataset)
   k = int(data.n_clusters)
   t0 = time.perf_counter()

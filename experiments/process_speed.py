@@ -73,9 +73,8 @@ def main(argv=None):
          "command": "python experiments/process_speed.py " + " ".join(argv or sys.argv[1:])}
   print(json.dumps(summary))
   if args.out:
-    p = Path(args.out)
-    old = json.loads(p.read_text()) if p.exists() else []
-    p.write_text(json.dumps(old + [rec], indent=1) + "\n")
+    from clustering_jax.experiment import append_json
+    append_json(args.out, rec)
 
 
 if __name__ == "__main__":

@@ -437,8 +437,8 @@ def initialize(key, xs, mask, n_clusters: int, cfg: Config):
   n_dims = cfg.init_dims if z.shape[0] > DENSE_MAX_N else None
   # The k-means programs of the start and the read-out compile (or load) in the background
   # while the spectral embedding compiles and runs.
-  for pts, k in {((z.shape[0], n_clusters), n_clusters), ((z.shape[0], n_clusters), m),
-                 ((z.shape[0], m), n_clusters)}:
+  for pts, k in dict.fromkeys([((z.shape[0], n_clusters), n_clusters),
+                               ((z.shape[0], n_clusters), m), ((z.shape[0], m), n_clusters)]):
     kmeans.prefetch(k_km, jax.ShapeDtypeStruct(pts, jnp.float32), k, n_init=cfg.kmeans_n_init)
   emb, evals = spectral_embedding(k_emb, z, n_clusters, method=cfg.spectral_graph, k=cfg.knn_k,
                                   n_dims=n_dims)
