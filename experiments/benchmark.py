@@ -49,6 +49,12 @@ def run_one(method, dataset, seed, out, args) -> dict:
   if args.no_compile_cache:
     cmd += ["--no-compile-cache"]
   print("$", " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
+  done = Path(out) / "results.json"
+  if args.reuse_runs and done.exists():
+    prev = json.loads(done.read_text())
+    if prev.get("command", "").split()[2:] == [str(c) for c in cmd[2:]]:
+      print(f"(reusing the finished run in {out})", flush=True)
+      return prev
   proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
   if proc.returncode != 0:
     raise RuntimeError(f"run failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -314,6 +320,9 @@ def main(argv=None):
   p.add_argument("--no-compile-cache", action="store_true",
                  help="runs without JAX's persistent compilation cache (run.py's flag)")
   p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
+  p.add_argument("--reuse-runs", action="store_true",
+                 help="a seed whose run directory holds a finished run of the same command "
+                      "(results.json) is read, not run again (resumes an interrupted grid)")
   p.add_argument("--results-dir", default=str(RESULTS))
   p.add_argument("--regenerate", action="store_true", help="only rebuild the tables from row files")
   args = p.parse_args(argv)

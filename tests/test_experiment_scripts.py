@@ -236,3 +236,20 @@ def test_benchmark_rows_flatten_engine_timings_and_epochs(tmp_path):
   assert "| d | m | 2 | 70.0 ± 10.0 |" in main and "| 4 + 3–5 |" in main
   assert "1 of 2" in main and "t1" not in main
   assert "### m" in variants and "| d | t1 | `--missing-rate 0.3` | 0 1 |" in variants
+
+
+def test_benchmark_reuse_runs_reads_a_finished_run_of_the_same_command(tmp_path):
+  """--reuse-runs: a seed's run directory with results.json of the same command is read, not
+  run again; another command (here another seed's) is not taken for it."""
+  import argparse
+  bm = _script("benchmark")
+  args = argparse.Namespace(data_dir=None, epochs=None, config=None, missing_rate=None,
+                            max_samples=None, no_compile_cache=False, reuse_runs=True)
+  out = tmp_path / "seed0"
+  out.mkdir()
+  done = {"acc": 0.5, "command": f"python experiments/run.py --method kmeans --dataset digits "
+                                 f"--seed 0 --out {out} --quiet"}
+  (out / "results.json").write_text(json.dumps(done))
+  assert bm.run_one("kmeans", "digits", 0, out, args) == done
+  with pytest.raises(RuntimeError, match="run failed"):   # a different command: it runs
+    bm.run_one("nosuchmethod", "digits", 0, out, args)

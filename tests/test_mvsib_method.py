@@ -61,6 +61,7 @@ def test_config_defaults_are_the_papers():
   assert (cfg.lambda_u, cfg.lambda_hn, cfg.p0, cfg.alpha_sce) == (0.1, 0.1, 0.3, 0.5)
   assert (cfg.e_w, cfg.e_c, cfg.pi_fn, cfg.theta_bound) == (10, 20, 0.1, "batch")
   assert all(getattr(cfg, s) for s in mvsib.SWITCHES)
+  assert cfg.normalize is True                          # §3.5.3: ℓ2-normalized representations
   cfg.validate()
 
 
@@ -68,7 +69,7 @@ def test_config_defaults_are_the_papers():
     ({"rec_loss": "l1"}, "rec_loss"), ({"theta_bound": "auto"}, "theta_bound"),
     ({"theta_bound": 0.0}, "theta_bound"), ({"e_c": 5, "e_w": 10}, "e_c"),
     ({"rho": 1.0}, "rho"), ({"mu_start": 0.8}, "mu_end"), ({"hn_variant": "x"}, "hn_variant"),
-    ({"use_ism": 1}, "use_ism"), ({"knn_graph": "data"}, "knn_graph"), ({"k": 0}, "k")])
+    ({"use_ism": 1}, "use_ism"), ({"normalize": "yes"}, "normalize"), ({"knn_graph": "data"}, "knn_graph"), ({"k": 0}, "k")])
 def test_config_validate_names_the_field(over, word):
   with pytest.raises(ValueError, match=word):
     mvsib.Config(**over).validate()

@@ -113,6 +113,34 @@ def test_multiview_autoencoder_forward_matches_numpy():
                              rtol=1e-6)
 
 
+def test_normalized_representations_match_numpy():
+  """normalize=True (§3.5.3): z^(v) = f(x)/||f(x)||, z_cons = Σ α_v z^(v) (not renormalized),
+  x_hat decoded from the encoder outputs f(x), so pre-training is unchanged."""
+  net = MultiViewAutoencoder(DIMS, hidden=HID, latent=3, normalize=True)
+  views = batch()
+  params = rand_params(net, views)
+  params["params"]["view_logits"] = jnp.array([0.3, -1.0, 0.5])
+  out = jax.jit(net.apply)(params, views)
+  p = params["params"]
+  alpha = np_softmax(np.array([0.3, -1.0, 0.5]))
+  codes = np.stack([np_mlp(p[f"view_{v}"]["encoder"], views[v].astype(np.float64))
+                    for v in range(3)])
+  zs = codes / np.linalg.norm(codes, axis=-1, keepdims=True)
+  chex.assert_tree_all_finite(out)
+  np.testing.assert_allclose(np.linalg.norm(out["zs"], axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(out["zs"], zs, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["z_cons"], np.einsum("v,vbd->bd", alpha, zs), rtol=1e-4,
+                             atol=1e-5)
+  raw = MultiViewAutoencoder(DIMS, hidden=HID, latent=3).apply(params, views)
+  for v in range(3):
+    np.testing.assert_allclose(out["x_hat"][v], raw["x_hat"][v], rtol=1e-6)
+  zs2, zc2, _ = jax.jit(partial(net.apply, method="consensus"))(params, views)
+  np.testing.assert_allclose(zs2, out["zs"], rtol=1e-6)
+  # a zero encoder output (degenerate input) stays finite
+  zero = jax.tree.map(jnp.zeros_like, params)
+  chex.assert_tree_all_finite(jax.jit(net.apply)(zero, views))
+
+
 def test_missing_views_and_padding_rows():
   net = MultiViewAutoencoder(DIMS, hidden=HID, latent=3)
   views = batch(2)

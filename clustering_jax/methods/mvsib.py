@@ -45,6 +45,7 @@ class Config:
 
   hidden: tuple = (500, 500, 2000)
   latent: int = 256
+  normalize: bool = True
   rec_loss: str = "sum"
   pretrain_epochs: int = 200
   epochs: int = 100
@@ -102,14 +103,14 @@ class Config:
       in_range(self, name, 0.0, lo_open=True)
     in_range(self, "rho", 0.0, 1.0, lo_open=True, hi_open=True)
     in_range(self, "mu_end", self.mu_start, lo_open=True)
-    for name in SWITCHES:
+    for name in SWITCHES + ("normalize",):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def make_net(cfg: Config, view_dims) -> MVSIBNet:
   return MVSIBNet(tuple(int(d) for d in view_dims), hidden=tuple(int(h) for h in cfg.hidden),
-                  latent=int(cfg.latent))
+                  latent=int(cfg.latent), normalize=bool(cfg.normalize))
 
 
 def optimizer(cfg: Config):

@@ -5,7 +5,10 @@ Architecture (the paper says only "fully connected layers" with a 256-d encoder 
 each view v has a symmetric MLP autoencoder d_v-500-500-2000-256 (encoder, ReLU between layers,
 linear output) mirrored as 256-2000-500-500-d_v (decoder), the hidden sizes of the public MVSIB
 code; `hidden` changes them. Views are a Python tuple of (B, d_v) arrays of different widths;
-embeddings come back stacked as (V, B, 256).
+embeddings come back stacked as (V, B, 256). With `normalize` (MVSIB's default) the
+representations z^(v) are the ℓ2-normalized encoder outputs ("all representations are
+ℓ2-normalized", §3.5.3; Appendix A1, C.1) and the decoders reconstruct from the encoder outputs
+themselves (Eq. 2).
 
 Missing views: every call takes an optional (B, V) presence array (1 = view present, 0 =
 missing; float weights allowed). The consensus then averages only the present views, with the
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from clustering_jax.nets.mlp import MLP, MLPAutoencoder
+from clustering_jax.ops.kmeans import normalize as l2_normalize
 
 LATENT = 256            # §4.4: "the encoder's output dimension was 256"
 HIDDEN = (500, 500, 2000)
@@ -59,9 +63,11 @@ class MultiViewAutoencoder(nn.Module):
   """One MLP autoencoder per view plus the learnable view logits w (Eq. 1-4).
 
   `apply(params, views, presence=None)` returns a dict:
-    zs (V, B, latent) encoder outputs z^(v) (Eq. 1), x_hat: tuple of (B, d_v) reconstructions
-    g(z^(v)) (for L_re, Eq. 2), z_cons (B, latent) (Eq. 3), alpha (V,) (Eq. 4).
-  `method="encode"` gives zs only, `method="consensus"` gives (zs, z_cons, alpha).
+    zs (V, B, latent) representations z^(v) (Eq. 1; ℓ2-normalized with `normalize`), x_hat:
+    tuple of (B, d_v) reconstructions g(f(x)) from the encoder outputs (for L_re, Eq. 2),
+    z_cons (B, latent) = Σ_v α_v z^(v) (Eq. 3), alpha (V,) (Eq. 4).
+  `method="encode"` gives the encoder outputs f(x) only, `method="consensus"` gives
+  (zs, z_cons, alpha).
   The view logits start at 0 (uniform weights 1/V; the public code's 1/V start is also uniform
   after the softmax).
   """
@@ -70,6 +76,7 @@ class MultiViewAutoencoder(nn.Module):
   hidden: Sequence[int] = HIDDEN
   latent: int = LATENT
   act: str = "relu"
+  normalize: bool = False
 
   def setup(self):
     self.autoencoders = [MLPAutoencoder(out_dim=int(d), hidden=tuple(self.hidden),
@@ -97,14 +104,20 @@ class MultiViewAutoencoder(nn.Module):
     """Eq. 4: the softmax view weights α (V,)."""
     return view_weights(self.view_logits)
 
-  def consensus(self, views: Sequence[jax.Array], presence: Optional[jax.Array] = None):
-    zs = self.encode(views)
+  def represent(self, codes: jax.Array, presence: Optional[jax.Array] = None):
+    """(zs, z_cons, alpha) from the encoder outputs (V, B, latent): z^(v) (ℓ2-normalized with
+    `normalize`, §3.5.3), Eq. 3 and Eq. 4."""
+    zs = l2_normalize(codes) if self.normalize else codes
     alpha = self.weights()
     return zs, fuse_views(zs, alpha, presence), alpha
 
+  def consensus(self, views: Sequence[jax.Array], presence: Optional[jax.Array] = None):
+    return self.represent(self.encode(views), presence)
+
   def __call__(self, views: Sequence[jax.Array], presence: Optional[jax.Array] = None):
-    zs, z_cons, alpha = self.consensus(views, presence)
-    return {"zs": zs, "x_hat": self.decode(zs), "z_cons": z_cons, "alpha": alpha}
+    codes = self.encode(views)
+    zs, z_cons, alpha = self.represent(codes, presence)
+    return {"zs": zs, "x_hat": self.decode(codes), "z_cons": z_cons, "alpha": alpha}
 
 
 class UncertaintyHead(nn.Module):
@@ -156,9 +169,11 @@ class MVSIBNet(nn.Module):
   act: str = "relu"
   head_hidden: Optional[int] = None
   router_hidden: int = 64
+  normalize: bool = False
 
   def setup(self):
-    self.mvae = MultiViewAutoencoder(self.view_dims, self.hidden, self.latent, self.act)
+    self.mvae = MultiViewAutoencoder(self.view_dims, self.hidden, self.latent, self.act,
+                                     self.normalize)
     self.u_head = UncertaintyHead(self.head_hidden, self.act)
     self.router = RouterMLP(self.router_hidden, self.act)
 
