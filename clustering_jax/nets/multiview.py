@@ -160,7 +160,8 @@ class MVSIBNet(nn.Module):
   `apply(params, views, presence=None)` returns the MultiViewAutoencoder dict plus
   u_hat (B,); `apply(params, f, method="route")` gives the router logits (B, 2).
   Initialize with `net.init(key, views, method="init_all")` so the router is created too
-  (`init_params` below does that).
+  (`init_params` below does that). `normalize`: unit-norm z^(v) (§3.5.3; MVSIB's Config sets
+  it, the module's own default keeps the encoder outputs).
   """
 
   view_dims: Sequence[int]
